@@ -1,0 +1,1 @@
+"""LanguageModel adapters, one module per provider wire format."""

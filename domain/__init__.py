@@ -1,0 +1,1 @@
+"""Pure entities and rules of a chat: messages, session ids, conversations. No I/O."""

@@ -1,0 +1,1 @@
+"""How the world reaches the service: the Litestar app, the CLI, and the container wiring them."""

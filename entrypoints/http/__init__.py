@@ -1,0 +1,1 @@
+"""The HTTP edge: controllers, request/response structs, auth, error mapping."""
