@@ -1,1 +1,271 @@
-"""Fixture: a real HTTP server on loopback standing in for an LLM provider."""
+"""Fixture: a real HTTP server on loopback standing in for an LLM provider.
+
+Built on asyncio.start_server, so a test decides every byte and every pause: each request is
+answered by the next planned Reply, or by `default` once the plan runs out. A Reply's `kind`
+selects how it misbehaves; a new fault is a new kind handled in `_send`.
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import socket
+import struct
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Literal
+
+import httpx
+import pytest
+import pytest_asyncio
+
+# complete: headers then the whole body. trickle: the body in chunk_size pieces, chunk_interval
+# apart. cut_mid_body: half the declared body, then a TCP reset. no_headers: read the request,
+# then say nothing until the client hangs up.
+Kind = Literal["complete", "trickle", "cut_mid_body", "no_headers"]
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    body: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds before the status line
+    kind: Kind = "complete"
+    chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
+    chunk_size: int = 16
+    chunk_interval: float = 0.05
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased
+    body: bytes
+    connection: int  # the n-th connection the stub accepted, to see keep-alive at work
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def json_reply(
+    payload: object, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Reply:
+    merged = {"content-type": "application/json", **(headers or {})}
+    return Reply(status, json.dumps(payload).encode(), merged)
+
+
+def error_reply(status: int = 500, retry_after: str | None = None) -> Reply:
+    headers = {"retry-after": retry_after} if retry_after is not None else {}
+    return json_reply({"error": {"message": f"stub says {status}"}}, status, headers)
+
+
+def garbage_reply() -> Reply:
+    """A 200 whose body is not JSON, as a misconfigured gateway sends."""
+    return Reply(200, b"<html><body>Bad gateway</body></html>", {"content-type": "text/html"})
+
+
+def huge_reply(size: int, *, chunked: bool = False) -> Reply:
+    """A JSON string of `size` bytes; chunked hides the size from the Content-Length check."""
+    return Reply(200, b'"' + b"x" * (size - 2) + b'"', chunked=chunked)
+
+
+def slow(reply: Reply, seconds: float) -> Reply:
+    return dataclasses.replace(reply, delay=seconds)
+
+
+def trickle(reply: Reply, interval: float, chunk_size: int = 16) -> Reply:
+    return dataclasses.replace(
+        reply, kind="trickle", chunk_interval=interval, chunk_size=chunk_size
+    )
+
+
+def cut_mid_body(reply: Reply) -> Reply:
+    return dataclasses.replace(reply, kind="cut_mid_body")
+
+
+def no_headers() -> Reply:
+    return Reply(kind="no_headers")
+
+
+def openai_body(text: str | None) -> dict[str, Any]:
+    message = {"role": "assistant", "content": text}
+    return {
+        "id": "chatcmpl-stub",
+        "object": "chat.completion",
+        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+    }
+
+
+def anthropic_body(*texts: str) -> dict[str, Any]:
+    return {
+        "id": "msg_stub",
+        "type": "message",
+        "role": "assistant",
+        "content": [{"type": "text", "text": text} for text in texts],
+        "stop_reason": "end_turn",
+    }
+
+
+def huggingface_body(text: str, *, as_list: bool = True) -> object:
+    """The Inference API answers a list; a TGI `/generate` endpoint a bare object."""
+    answer = {"generated_text": text}
+    return [answer] if as_list else answer
+
+
+NOTHING_PLANNED = error_reply(500)
+
+
+class ProviderStub:
+    def __init__(self, default: Reply = NOTHING_PLANNED) -> None:
+        self.default = default
+        self.requests: list[RecordedRequest] = []
+        self._planned: deque[Reply] = deque()
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._connections = 0
+        self.url = ""
+
+    def plan(self, *replies: Reply) -> None:
+        """Answer the next requests with these replies, in order, then with `default`."""
+        self._planned.extend(replies)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._server.wait_closed()
+        self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        self._connections += 1
+        connection = self._connections
+        try:
+            while request := await _read_request(reader, connection):
+                self.requests.append(request)
+                reply = self._planned.popleft() if self._planned else self.default
+                if not await _send(reply, reader, writer):
+                    break
+                if request.headers.get("connection", "").lower() == "close":
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client hung up; that is its right
+        finally:
+            self._handlers.discard(task)
+            writer.close()
+
+
+async def _read_request(reader: asyncio.StreamReader, connection: int) -> RecordedRequest | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as error:
+        if error.partial:
+            raise
+        return None  # the client closed an idle keep-alive connection
+    request_line, *header_lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
+    method, path, _version = request_line.split(" ", 2)
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return RecordedRequest(method, path, headers, body, connection)
+
+
+async def _send(reply: Reply, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Write `reply`; False when the connection cannot carry another exchange."""
+    if reply.delay:
+        await asyncio.sleep(reply.delay)
+    if reply.kind == "no_headers":
+        await reader.read()  # returns at EOF: when the client gives up
+        return False
+    headers = {name.lower(): value for name, value in reply.headers.items()}
+    if reply.chunked:
+        headers["transfer-encoding"] = "chunked"
+    else:
+        headers["content-length"] = str(len(reply.body))
+    try:
+        reason = HTTPStatus(reply.status).phrase
+    except ValueError:
+        reason = "Unknown"
+    head = f"HTTP/1.1 {reply.status} {reason}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+    writer.write(f"{head}\r\n".encode("latin-1"))
+    body = reply.body
+    if reply.kind == "cut_mid_body":
+        writer.write(body[: len(body) // 2])
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # with linger 0: an RST, not an orderly FIN
+        return False
+    if reply.kind == "trickle":
+        pieces = [body[i : i + reply.chunk_size] for i in range(0, len(body), reply.chunk_size)]
+    else:
+        pieces = [body]
+    for piece in pieces:
+        if piece:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if reply.chunked else piece)
+            await writer.drain()
+        if reply.kind == "trickle":
+            await asyncio.sleep(reply.chunk_interval)
+    if reply.chunked:
+        writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    return True
+
+
+@contextlib.contextmanager
+def running_stub(default: Reply = NOTHING_PLANNED) -> Iterator[ProviderStub]:
+    """A stub serving from its own thread and event loop, for a service run in a subprocess."""
+    stub = ProviderStub(default)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="provider-stub", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(stub.start(), loop).result(timeout=10)
+        yield stub
+    finally:
+        asyncio.run_coroutine_threadsafe(stub.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+@pytest_asyncio.fixture
+async def provider_stub() -> AsyncIterator[ProviderStub]:
+    stub = ProviderStub()
+    await stub.start()
+    try:
+        yield stub
+    finally:
+        await stub.stop()
+
+
+@pytest.fixture
+def provider_stub_thread() -> Iterator[ProviderStub]:
+    with running_stub() as stub:
+        yield stub
+
+
+@pytest_asyncio.fixture
+async def provider_client() -> AsyncIterator[httpx.AsyncClient]:
+    """The kind of client the service shares; trust_env=False keeps proxies off loopback."""
+    async with httpx.AsyncClient(trust_env=False) as client:
+        yield client

@@ -1,0 +1,100 @@
+"""The Litestar app. `uvicorn entrypoints.asgi:app` serves it on config.ini (or $CHAT_CONFIG).
+
+`app` is built on first access, not at import: importing this module reads no config and
+opens nothing, and a config mistake ends the process with one line instead of a traceback.
+"""
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from litestar import Litestar, Router
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from entrypoints.config import ConfigError, Settings, describe, load_settings
+from entrypoints.container import Container, Services, close_resources
+from entrypoints.http.auth import BearerGuard
+from entrypoints.http.controllers import ChatController, health, ready
+from entrypoints.http.errors import EXCEPTION_HANDLERS
+
+log = logging.getLogger("chat")
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def configure_logging() -> None:
+    """Our lines at INFO; httpx's per-request lines off (they would log every provider URL)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("chat").setLevel(logging.INFO)
+    for noisy in ("httpx", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def create_app(settings: Settings, container: Container | None = None) -> Litestar:
+    """Tests pass a container whose providers they have overridden."""
+    container = container or Container(settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        services = await Services.resolve(container)
+        app.state.services = services
+        if settings.cleanup.enabled:
+            services.cleanup.start()
+        log.info("ready: %s", describe(settings))
+        if not settings.auth.tokens:
+            log.warning(
+                "AUTH IS OFF: [auth] tokens is empty, so anyone who can reach this port can "
+                "read and write every session. Set tokens in config.ini or CHAT_AUTH_TOKENS."
+            )
+        try:
+            yield
+        finally:
+            services.cleanup.shutdown()
+            await close_resources(container)
+
+    security: dict[str, Any] = {}
+    if settings.auth.tokens:
+        security = {"security": [{"BearerToken": []}]}
+    chat = Router(
+        "/", route_handlers=[ChatController], guards=[BearerGuard(settings.auth.tokens)], **security
+    )
+    return Litestar(
+        route_handlers=[chat, health, ready],
+        lifespan=[lifespan],
+        exception_handlers=EXCEPTION_HANDLERS,
+        request_max_body_size=MAX_BODY_BYTES,
+        openapi_config=OpenAPIConfig(
+            title="Chat service",
+            version="0.1.0",
+            description="Send a message in a session; the service keeps its history.",
+            components=Components(
+                security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")}
+            ),
+        ),
+    )
+
+
+def _app_from_environment() -> Litestar:
+    configure_logging()
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return create_app(settings)
+
+
+_app: Litestar | None = None
+
+
+def __getattr__(name: str) -> Litestar:
+    global _app
+    if name != "app":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _app is None:
+        _app = _app_from_environment()
+    return _app

@@ -1,0 +1,231 @@
+"""The composition root: the only place where settings choose the real adapters."""
+
+import inspect
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+from dependency_injector import containers, providers
+from redis.asyncio import Redis
+
+from adapters.cleanup_scheduler import CleanupScheduler
+from adapters.embedded_redis import EmbeddedRedis
+from adapters.llm.anthropic import AnthropicModel, messages_url
+from adapters.llm.echo import EchoModel
+from adapters.llm.http_call import RetryPolicy
+from adapters.llm.huggingface import HuggingFaceModel
+from adapters.llm.openai import OpenAIChatModel, chat_completions_url
+from adapters.memory_coordination import MemoryJobLock, MemoryRateLimiter
+from adapters.memory_history import MemoryHistory
+from adapters.redis_client import connect
+from adapters.redis_coordination import RedisJobLock, RedisRateLimiter
+from adapters.redis_history import RedisHistory
+from application.delete_history import DeleteHistory
+from application.ports import ChatHistory, RateLimiter
+from application.purge_histories import PurgeHistories
+from application.send_message import SendMessage
+from application.show_history import ShowHistory
+from entrypoints.config import LlmSettings, RedisSettings, Settings
+
+MEMORY_URL = "memory://"
+
+
+def _redis_url(redis: RedisSettings) -> Iterator[str]:
+    """The configured URL, or the embedded server's (started here, stopped at shutdown)."""
+    if redis.url:
+        yield redis.url
+        return
+    server = EmbeddedRedis(Path(redis.data_dir))
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+async def _redis_client(url: str) -> AsyncIterator[Redis]:
+    client = connect(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def _http_client(llm: LlmSettings) -> AsyncIterator[httpx.AsyncClient]:
+    """One pooled client for every provider call of the process."""
+    client = httpx.AsyncClient(
+        timeout=httpx.Timeout(llm.timeout_seconds),
+        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
+        follow_redirects=False,
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def _store_kind(redis: RedisSettings) -> str:
+    return "memory" if redis.url == MEMORY_URL else "redis"
+
+
+def _limiter_kind(settings: Settings) -> str:
+    return _store_kind(settings.redis) if settings.auth.rate_limit else "off"
+
+
+def _provider_name(llm: LlmSettings) -> str:
+    # Not `settings.provided.llm.provider`: AttributeGetter has a `.provider` of its own.
+    return llm.provider
+
+
+def _provider_url(llm: LlmSettings) -> str:
+    if llm.exact_url or llm.provider == "huggingface":
+        return llm.api_url
+    return (
+        messages_url(llm.api_url)
+        if llm.provider == "anthropic"
+        else chat_completions_url(llm.api_url)
+    )
+
+
+class Container(containers.DeclarativeContainer):
+    settings = providers.Dependency(instance_of=Settings)
+    redis_settings = settings.provided.redis
+    llm = settings.provided.llm
+    window = settings.provided.auth.rate_limit
+
+    redis_url = providers.Resource(_redis_url, redis_settings)
+    redis_client = providers.Resource(_redis_client, redis_url)
+    http_client = providers.Resource(_http_client, llm)
+
+    store_kind = providers.Callable(_store_kind, redis_settings)
+    history = providers.Selector(
+        store_kind,
+        memory=providers.Singleton(
+            MemoryHistory,
+            max_messages=settings.provided.history.max_messages,
+            ttl_seconds=redis_settings.session_ttl_seconds,
+        ),
+        redis=providers.Singleton(
+            RedisHistory,
+            redis_client,
+            key_prefix=redis_settings.key_prefix,
+            max_messages=settings.provided.history.max_messages,
+            ttl_seconds=redis_settings.session_ttl_seconds,
+        ),
+    )
+    job_lock = providers.Selector(
+        store_kind,
+        memory=providers.Singleton(MemoryJobLock),
+        redis=providers.Singleton(RedisJobLock, redis_client, key_prefix=redis_settings.key_prefix),
+    )
+    rate_limiter = providers.Selector(
+        providers.Callable(_limiter_kind, settings),
+        off=providers.Object(None),
+        memory=providers.Singleton(
+            MemoryRateLimiter, limit=window.limit, window_seconds=window.window_seconds
+        ),
+        redis=providers.Singleton(
+            RedisRateLimiter,
+            redis_client,
+            key_prefix=redis_settings.key_prefix,
+            limit=window.limit,
+            window_seconds=window.window_seconds,
+        ),
+    )
+
+    retry_policy = providers.Singleton(
+        RetryPolicy, max_retries=llm.max_retries, timeout_seconds=llm.timeout_seconds
+    )
+    provider_url = providers.Callable(_provider_url, llm)
+    language_model = providers.Selector(
+        providers.Callable(_provider_name, llm),
+        echo=providers.Singleton(EchoModel),
+        openai=providers.Singleton(
+            OpenAIChatModel,
+            http_client,
+            url=provider_url,
+            api_key=llm.api_key,
+            model=llm.model,
+            max_tokens=llm.max_tokens,
+            temperature=llm.temperature,
+            policy=retry_policy,
+        ),
+        anthropic=providers.Singleton(
+            AnthropicModel,
+            http_client,
+            url=provider_url,
+            api_key=llm.api_key,
+            model=llm.model,
+            max_tokens=llm.max_tokens,
+            temperature=llm.temperature,
+            policy=retry_policy,
+        ),
+        huggingface=providers.Singleton(
+            HuggingFaceModel,
+            http_client,
+            url=provider_url,
+            api_key=llm.api_key,
+            max_tokens=llm.max_tokens,
+            temperature=llm.temperature,
+            policy=retry_policy,
+        ),
+    )
+
+    send_message = providers.Singleton(
+        SendMessage,
+        history,
+        language_model,
+        max_message_chars=settings.provided.history.max_message_chars,
+        system_prompt=llm.system_prompt,
+    )
+    show_history = providers.Singleton(ShowHistory, history)
+    delete_history = providers.Singleton(DeleteHistory, history)
+    cleanup = providers.Singleton(
+        CleanupScheduler,
+        providers.Singleton(
+            PurgeHistories,
+            history,
+            job_lock,
+            interval_seconds=settings.provided.cleanup.interval_seconds,
+        ),
+        interval_seconds=settings.provided.cleanup.interval_seconds,
+    )
+
+
+async def _settle(value: Any) -> Any:
+    """dependency-injector returns an awaitable only where an async resource is involved."""
+    return await value if inspect.isawaitable(value) else value
+
+
+async def close_resources(container: Container) -> None:
+    await _settle(container.shutdown_resources())
+
+
+class Services(msgspec.Struct, frozen=True):
+    """What the HTTP edge uses, resolved once at start-up rather than per request."""
+
+    send_message: SendMessage
+    show_history: ShowHistory
+    delete_history: DeleteHistory
+    history: ChatHistory
+    rate_limiter: RateLimiter | None
+    cleanup: CleanupScheduler
+
+    @classmethod
+    async def resolve(cls, container: Container) -> "Services":
+        """Build the services, opening only the resources they use (no Redis for memory://,
+        no HTTP client for the echo model)."""
+
+        async def get(provider: Any) -> Any:
+            return await _settle(provider())
+
+        return cls(
+            send_message=await get(container.send_message),
+            show_history=await get(container.show_history),
+            delete_history=await get(container.delete_history),
+            history=await get(container.history),
+            rate_limiter=await get(container.rate_limiter),
+            cleanup=await get(container.cleanup),
+        )

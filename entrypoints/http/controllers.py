@@ -1,0 +1,119 @@
+"""Routes. Handlers translate HTTP to use-case calls and back; the rules live in application/."""
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import ResponseSpec
+from litestar.response import Response
+
+from application.delete_history import DeleteHistory
+from application.errors import HistoryUnavailable
+from application.send_message import Reply, SendMessage
+from application.show_history import ShowHistory
+from entrypoints.container import Services
+from entrypoints.http.errors import Problem, problem
+
+
+class ChatRequest(msgspec.Struct):
+    message: str
+    session_id: str | None = None
+
+
+class MessageView(msgspec.Struct):
+    role: str
+    content: str
+    created_at: datetime
+
+
+class HistoryView(msgspec.Struct):
+    session_id: str
+    messages: list[MessageView]
+
+
+class Status(msgspec.Struct):
+    status: str
+
+
+def _spec(description: str) -> ResponseSpec:
+    return ResponseSpec(data_container=Problem, description=description)
+
+
+_COMMON = {
+    400: _spec("Invalid session id or message"),
+    401: _spec("Missing or wrong bearer token (only when tokens are configured)"),
+    429: _spec("Rate limit exceeded; see Retry-After"),
+    503: _spec("History store unavailable; nothing was changed"),
+}
+_SEND = {
+    **_COMMON,
+    413: _spec("Request body over 1 MiB"),
+    502: _spec("The model's provider failed or answered something unusable; nothing was stored"),
+    504: _spec("The model's provider timed out; nothing was stored"),
+}
+
+
+def _services(state: State) -> Services:
+    services: Services = state.services
+    return services
+
+
+def _namespace(request: Request[Any, Any, Any]) -> str:
+    namespace: str = request.state.namespace
+    return namespace
+
+
+class ChatController(Controller):
+    path = "/chat"
+    tags = ["chat"]  # noqa: RUF012  (Litestar reads it as a class attribute)
+    dependencies = {  # noqa: RUF012
+        "namespace": Provide(_namespace, sync_to_thread=False),
+        "services": Provide(_services, sync_to_thread=False),
+    }
+
+    @post("/", status_code=200, responses=_SEND, summary="Send a message, get the reply")
+    async def send(self, data: ChatRequest, namespace: str, services: Services) -> Reply:
+        """A missing, null or blank session_id starts a new session; the reply names it."""
+        send_message: SendMessage = services.send_message
+        return await send_message.execute(namespace, data.session_id, data.message)
+
+    @get(
+        "/{session_id:str}",
+        responses={**_COMMON, 404: _spec("No such session")},
+        summary="A session's history, oldest first",
+    )
+    async def show(self, session_id: str, namespace: str, services: Services) -> HistoryView:
+        show_history: ShowHistory = services.show_history
+        messages = await show_history.execute(namespace, session_id)
+        return HistoryView(
+            session_id.strip(),
+            [MessageView(m.role, m.content, m.created_at) for m in messages],
+        )
+
+    @delete("/{session_id:str}", status_code=204, responses=_COMMON, summary="Forget a session")
+    async def forget(self, session_id: str, namespace: str, services: Services) -> None:
+        delete_history: DeleteHistory = services.delete_history
+        await delete_history.execute(namespace, session_id)
+
+
+@get("/health", summary="Liveness", tags=["operations"])
+async def health() -> Status:
+    return Status("ok")
+
+
+@get(
+    "/ready",
+    summary="Readiness: the history store answers",
+    tags=["operations"],
+    responses={503: _spec("A component is not ready; detail names it")},
+    dependencies={"services": Provide(_services, sync_to_thread=False)},
+)
+async def ready(services: Services) -> Response[Status] | Response[Problem]:
+    try:
+        await services.history.ping()
+    except HistoryUnavailable as error:
+        return problem(503, f"history store not ready: {error}")
+    return Response(Status("ok"))

@@ -1,0 +1,79 @@
+"""Every error leaves as JSON `{"status_code", "detail"}`; no client or upstream cause is a 500."""
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from application.errors import HistoryUnavailable, ModelTimeout, ModelUnavailable, SessionNotFound
+from domain.errors import InvalidInput
+
+log = logging.getLogger("chat.http")
+
+
+class Problem(msgspec.Struct):
+    status_code: int
+    detail: str
+
+
+def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> Response[Problem]:
+    return Response(
+        Problem(status, detail), status_code=status, headers=headers, media_type=MediaType.JSON
+    )
+
+
+def _validation_detail(error: ValidationException) -> str:
+    """Litestar puts the reason (e.g. "Expected `str`, got `int` - at `$.message`") in extra."""
+    reasons = []
+    for item in error.extra if isinstance(error.extra, list) else []:
+        if isinstance(item, dict) and item.get("message"):
+            where = item.get("key")
+            reasons.append(f"{item['message']}" + (f" ({where})" if where else ""))
+    if not reasons:
+        return error.detail
+    return "invalid request body: " + "; ".join(reasons)
+
+
+def _http_exception(_: Request[Any, Any, Any], error: HTTPException) -> Response[Problem]:
+    detail = _validation_detail(error) if isinstance(error, ValidationException) else error.detail
+    if error.status_code == 413:
+        detail = "request body is too large (the limit is 1 MiB)"
+    return problem(error.status_code, detail, error.headers)
+
+
+def _invalid_input(_: Request[Any, Any, Any], error: InvalidInput) -> Response[Problem]:
+    return problem(400, str(error))
+
+
+def _not_found(_: Request[Any, Any, Any], error: SessionNotFound) -> Response[Problem]:
+    return problem(404, str(error))
+
+
+def _store_down(request: Request[Any, Any, Any], error: HistoryUnavailable) -> Response[Problem]:
+    log.warning("%s %s: %s (%r)", request.method, request.url.path, error, error.__cause__)
+    return problem(503, f"{error}; try again shortly", {"Retry-After": "1"})
+
+
+def _model_failed(request: Request[Any, Any, Any], error: ModelUnavailable) -> Response[Problem]:
+    log.warning("%s %s: %s", request.method, request.url.path, error)
+    if isinstance(error, ModelTimeout):
+        return problem(504, str(error))
+    return problem(502, str(error))
+
+
+def _unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Problem]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
+    return problem(500, "internal error; it has been logged")
+
+
+EXCEPTION_HANDLERS: ExceptionHandlersMap = {
+    HTTPException: _http_exception,
+    InvalidInput: _invalid_input,
+    SessionNotFound: _not_found,
+    HistoryUnavailable: _store_down,
+    ModelUnavailable: _model_failed,
+    Exception: _unexpected,
+}

@@ -1,0 +1,132 @@
+"""Hugging Face text generation, against the stub provider over loopback."""
+
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from adapters.llm.http_call import RetryPolicy
+from adapters.llm.huggingface import HuggingFaceModel
+from application.errors import ModelUnavailable
+from domain.conversation import Conversation
+from domain.message import Message
+from tests.support.provider_stub import ProviderStub, huggingface_body, json_reply
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+FAST = RetryPolicy(max_retries=2, timeout_seconds=2.0, backoff_base=0.01, backoff_cap=0.05)
+MODEL_PATH = "/models/mistralai/Mistral-7B-Instruct-v0.3"
+PROMPT = "<s>[INST] Be brief.\n\nHi [/INST] Hello!</s>[INST] What is 2+2? [/INST]"
+
+
+def _conversation() -> Conversation:
+    return Conversation(
+        "Be brief.",
+        (
+            Message("user", "Hi", NOW),
+            Message("assistant", "Hello!", NOW),
+            Message("user", "What is 2+2?", NOW),
+        ),
+    )
+
+
+def _model(
+    client: httpx.AsyncClient,
+    url: str,
+    *,
+    api_key: str = "hf_test_secret",
+    temperature: float = 0.7,
+) -> HuggingFaceModel:
+    return HuggingFaceModel(
+        client, url=url, api_key=api_key, max_tokens=64, temperature=temperature, policy=FAST
+    )
+
+
+async def test_sends_the_mistral_prompt_and_returns_the_generated_text(
+    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+) -> None:
+    provider_stub.plan(json_reply(huggingface_body(" 4")))
+    model = _model(provider_client, provider_stub.url + MODEL_PATH)
+
+    assert await model.reply(_conversation()) == "4"
+
+    [request] = provider_stub.requests
+    assert request.method == "POST"
+    assert request.path == MODEL_PATH
+    assert request.headers["authorization"] == "Bearer hf_test_secret"
+    assert request.headers["content-type"] == "application/json"
+    assert request.json == {
+        "inputs": PROMPT,
+        "parameters": {
+            "max_new_tokens": 64,
+            "return_full_text": False,
+            "temperature": 0.7,
+            "do_sample": True,
+        },
+    }
+
+
+async def test_temperature_zero_asks_for_greedy_decoding(
+    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+) -> None:
+    """TGI rejects temperature 0."""
+    provider_stub.plan(json_reply(huggingface_body("4")))
+    model = _model(provider_client, provider_stub.url + "/generate", temperature=0.0)
+
+    await model.reply(_conversation())
+
+    [request] = provider_stub.requests
+    assert request.path == "/generate"
+    assert request.json["parameters"]["do_sample"] is False
+    assert "temperature" not in request.json["parameters"]
+
+
+async def test_a_local_server_needs_no_key(
+    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+) -> None:
+    provider_stub.plan(json_reply(huggingface_body("4")))
+    model = _model(provider_client, provider_stub.url + "/generate", api_key="")
+
+    await model.reply(_conversation())
+
+    assert "authorization" not in provider_stub.requests[0].headers
+
+
+@pytest.mark.parametrize("as_list", [True, False], ids=["inference-api-list", "tgi-object"])
+async def test_reads_both_answer_shapes(
+    provider_stub: ProviderStub, provider_client: httpx.AsyncClient, as_list: bool
+) -> None:
+    provider_stub.plan(json_reply(huggingface_body("Four.", as_list=as_list)))
+    model = _model(provider_client, provider_stub.url + MODEL_PATH)
+
+    assert await model.reply(_conversation()) == "Four."
+
+
+async def test_a_server_that_echoes_the_prompt_still_yields_only_the_answer(
+    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+) -> None:
+    provider_stub.plan(json_reply(huggingface_body(PROMPT + " Four.")))
+    model = _model(provider_client, provider_stub.url + MODEL_PATH)
+
+    assert await model.reply(_conversation()) == "Four."
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [],
+        {"error": "Model is currently loading", "estimated_time": 20.0},
+        [{"generated_text": None}],
+        {"generated_text": PROMPT},
+        "4",
+    ],
+    ids=["empty-list", "error-object", "null-text", "prompt-only", "bare-string"],
+)
+async def test_an_answer_without_text_is_model_unavailable(
+    provider_stub: ProviderStub, provider_client: httpx.AsyncClient, payload: object
+) -> None:
+    provider_stub.plan(json_reply(payload))
+    model = _model(provider_client, provider_stub.url + MODEL_PATH)
+
+    with pytest.raises(ModelUnavailable, match="huggingface provider"):
+        await model.reply(_conversation())
+    assert len(provider_stub.requests) == 1
