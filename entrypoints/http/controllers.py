@@ -6,8 +6,9 @@ from typing import Any
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
+from litestar.params import FromPath, JSONBody
 from litestar.response import Response
 
 from application.delete_history import DeleteHistory
@@ -75,7 +76,12 @@ class ChatController(Controller):
     }
 
     @post("/", status_code=200, responses=_SEND, summary="Send a message, get the reply")
-    async def send(self, data: ChatRequest, namespace: str, services: Services) -> Reply:
+    async def send(
+        self,
+        data: JSONBody[ChatRequest],
+        namespace: NamedDependency[str],
+        services: NamedDependency[Services],
+    ) -> Reply:
         """A missing, null or blank session_id starts a new session; the reply names it."""
         send_message: SendMessage = services.send_message
         return await send_message.execute(namespace, data.session_id, data.message)
@@ -85,7 +91,12 @@ class ChatController(Controller):
         responses={**_COMMON, 404: _spec("No such session")},
         summary="A session's history, oldest first",
     )
-    async def show(self, session_id: str, namespace: str, services: Services) -> HistoryView:
+    async def show(
+        self,
+        session_id: FromPath[str],
+        namespace: NamedDependency[str],
+        services: NamedDependency[Services],
+    ) -> HistoryView:
         show_history: ShowHistory = services.show_history
         messages = await show_history.execute(namespace, session_id)
         return HistoryView(
@@ -94,7 +105,12 @@ class ChatController(Controller):
         )
 
     @delete("/{session_id:str}", status_code=204, responses=_COMMON, summary="Forget a session")
-    async def forget(self, session_id: str, namespace: str, services: Services) -> None:
+    async def forget(
+        self,
+        session_id: FromPath[str],
+        namespace: NamedDependency[str],
+        services: NamedDependency[Services],
+    ) -> None:
         delete_history: DeleteHistory = services.delete_history
         await delete_history.execute(namespace, session_id)
 
@@ -111,7 +127,7 @@ async def health() -> Status:
     responses={503: _spec("A component is not ready; detail names it")},
     dependencies={"services": Provide(_services, sync_to_thread=False)},
 )
-async def ready(services: Services) -> Response[Status] | Response[Problem]:
+async def ready(services: NamedDependency[Services]) -> Response[Status] | Response[Problem]:
     try:
         await services.history.ping()
     except HistoryUnavailable as error:

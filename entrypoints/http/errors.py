@@ -5,7 +5,7 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
 from application.errors import HistoryUnavailable, ModelTimeout, ModelUnavailable, SessionNotFound
@@ -41,6 +41,8 @@ def _http_exception(_: Request[Any, Any, Any], error: HTTPException) -> Response
     detail = _validation_detail(error) if isinstance(error, ValidationException) else error.detail
     if error.status_code == 413:
         detail = "request body is too large (the limit is 1 MiB)"
+    elif isinstance(error.__cause__, SerializationException):
+        detail = f"request body is not valid JSON: {detail}"
     return problem(error.status_code, detail, error.headers)
 
 

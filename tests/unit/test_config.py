@@ -1,0 +1,127 @@
+from pathlib import Path
+
+import pytest
+
+from entrypoints.config import ConfigError, RateLimit, Settings, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+SEED_CONFIG = """\
+[DEFAULT]
+redis_host = cache.internal
+redis_port = 6380
+redis_password = p@ss:w%rd
+api_url = https://api-inference.huggingface.co/models/mistralai/Mistral-7B-Instruct-v0.2
+JWT_TOKEN = hf_secret_token
+model = mistralai/Mistral-7B-Instruct-v0.2
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.ini"
+    path.write_text(text)
+    return path
+
+
+def error_for(path: Path, environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, environ or {})
+    return str(caught.value)
+
+
+def test_the_shipped_config_is_the_embedded_default() -> None:
+    assert load_settings(REPO / "config.ini", {}) == Settings()
+
+
+def test_without_a_file_the_defaults_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(environ={})
+    assert settings.llm.provider == "echo"
+    assert settings.redis.url == ""
+    assert settings.server.port == 8000
+
+
+def test_environment_overrides_every_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "[llm]\nprovider = echo\n[server]\nport = 9000\n")
+    settings = load_settings(
+        path,
+        {
+            "CHAT_SERVER_PORT": "9100",
+            "CHAT_LLM_PROVIDER": "anthropic",
+            "CHAT_LLM_API_URL": "https://api.anthropic.com",
+            "CHAT_LLM_MODEL": "claude",
+            "CHAT_LLM_API_KEY": "k",
+            "CHAT_AUTH_TOKENS": "a, b ,,c",
+            "CHAT_AUTH_RATE_LIMIT": "60/minute",
+            "CHAT_REDIS_URL": "redis://localhost:6379/2",
+            "CHAT_HISTORY_MAX_MESSAGES": "10",
+            "CHAT_CLEANUP_ENABLED": "false",
+        },
+    )
+    assert settings.server.port == 9100
+    assert settings.llm.provider == "anthropic"
+    assert settings.auth.tokens == ("a", "b", "c")
+    assert settings.auth.rate_limit == RateLimit(60, 60)
+    assert settings.redis.url == "redis://localhost:6379/2"
+    assert settings.history.max_messages == 10
+    assert settings.cleanup.enabled is False
+
+
+def test_config_file_comes_from_chat_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "[server]\nport = 8123\n")
+    assert load_settings(environ={"CHAT_CONFIG": str(path)}).server.port == 8123
+    missing = tmp_path / "nope.ini"
+    with pytest.raises(ConfigError, match=r"nope\.ini: config file not found"):
+        load_settings(environ={"CHAT_CONFIG": str(missing)})
+
+
+def test_the_seeds_flat_config_keeps_working(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, SEED_CONFIG), {})
+    assert settings.redis.url == "redis://:p%40ss%3Aw%25rd@cache.internal:6380/0"
+    assert settings.llm.provider == "openai"
+    assert settings.llm.exact_url is True
+    assert settings.llm.api_url.endswith("/Mistral-7B-Instruct-v0.2")
+    assert settings.llm.api_key == "hf_secret_token"
+    assert settings.llm.model == "mistralai/Mistral-7B-Instruct-v0.2"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[llm]\nprovider = gpt5\n", "[llm] provider: unknown provider 'gpt5'"),
+        ("[server]\nport = eighty\n", "[server] port: 'eighty' is not an integer"),
+        ("[server]\nport = 70000\n", "[server] port: 70000 is out of range"),
+        ("[history]\nmax_messages = 1.5\n", "[history] max_messages: '1.5' is not an integer"),
+        ("[llm]\nprovider = openai\n", "[llm] api_url: required for provider 'openai'"),
+        ("[llm]\nprovider = huggingface\n", "[llm] api_url: required for provider 'huggingface'"),
+        ("[llm]\napi_url = ftp://x\n", "[llm] api_url: must be an http:// or https:// URL"),
+        ("[redis]\nurl = http://localhost\n", "[redis] url: is not a valid Redis URL"),
+        ("[redis]\nurl = redis://localhost:port/0\n", "[redis] url: is not a valid Redis URL"),
+        ("[auth]\nrate_limit = lots\n", "[auth] rate_limit: 'lots' is not a rate like 60/minute"),
+        ("[cleanup]\nenabled = maybe\n", "[cleanup] enabled: 'maybe' is not a boolean"),
+        ("[llm]\ntemprature = 1\n", "[llm] temprature: unknown key"),
+        ("[database]\nurl = x\n", "[database]: unknown section"),
+        ("not an ini file\n", "cannot be parsed"),
+    ],
+)
+def test_a_mistake_names_file_section_key_and_problem(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    message = error_for(path)
+    assert message.startswith(str(path))
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_a_mistake_in_the_environment_names_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "")
+    message = error_for(path, {"CHAT_LLM_MAX_TOKENS": "many"})
+    assert message == "environment CHAT_LLM_MAX_TOKENS ([llm] max_tokens): 'many' is not an integer"
+
+
+def test_secrets_are_never_quoted_in_errors(tmp_path: Path) -> None:
+    bad_redis = write(tmp_path, "[redis]\nurl = redis://:hunter2@host:notaport/0\n")
+    assert "hunter2" not in error_for(bad_redis)
+    bad_token = write(tmp_path, "[auth]\ntokens = good, zq9 tok3n\n")
+    assert "tok3n" not in error_for(bad_token)

@@ -1,0 +1,223 @@
+"""The HTTP contract in-process: Litestar's test client, in-memory store, scripted model."""
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+import pytest
+from dependency_injector import providers
+from litestar.testing import AsyncTestClient
+
+from adapters.memory_history import MemoryHistory
+from application.errors import HistoryUnavailable, ModelTimeout
+from domain.message import Message
+from domain.session import SessionKey
+from entrypoints.asgi import create_app
+from entrypoints.config import AuthSettings, HistorySettings, RateLimit, RedisSettings, Settings
+from entrypoints.container import Container
+from tests.unit.fakes import ScriptedModel, unavailable
+
+Client = AsyncTestClient[Any]
+
+
+class DownHistory(MemoryHistory):
+    """A store that has stopped answering, as RedisHistory reports it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_messages=10, ttl_seconds=0)
+
+    async def load(self, key: SessionKey) -> list[Message]:
+        raise HistoryUnavailable("the history store is unavailable")
+
+    async def append_exchange(self, key: SessionKey, question: Message, answer: Message) -> None:
+        raise HistoryUnavailable("the history store is unavailable")
+
+    async def ping(self) -> None:
+        raise HistoryUnavailable("redis did not answer")
+
+
+def settings(**sections: Any) -> Settings:
+    base = Settings(
+        redis=RedisSettings(url="memory://"), history=HistorySettings(max_message_chars=50)
+    )
+    return msgspec.structs.replace(base, **sections)
+
+
+@asynccontextmanager
+async def serve(
+    config: Settings, model: ScriptedModel, history: MemoryHistory | None = None
+) -> AsyncIterator[Client]:
+    container = Container(settings=config)
+    container.language_model.override(providers.Object(model))
+    if history is not None:
+        container.history.override(providers.Object(history))
+    async with AsyncTestClient(create_app(config, container)) as client:
+        yield client
+
+
+@pytest.fixture
+def model() -> ScriptedModel:
+    return ScriptedModel()
+
+
+@pytest.fixture
+async def client(model: ScriptedModel) -> AsyncIterator[Client]:
+    async with serve(settings(), model) as client:
+        yield client
+
+
+async def test_chat_round_trip_and_history(client: Client) -> None:
+    first = await client.post("/chat/", json={"session_id": "", "message": "Hello"})
+    assert first.status_code == 200
+    session_id = first.json()["session_id"]
+    assert first.json()["response"] == "reply-1: Hello"
+
+    second = await client.post("/chat", json={"session_id": f" {session_id}", "message": "More"})
+    assert second.json() == {"session_id": session_id, "response": "reply-2: More"}
+
+    shown = await client.get(f"/chat/{session_id}")
+    assert shown.status_code == 200
+    messages = shown.json()["messages"]
+    assert [(m["role"], m["content"]) for m in messages] == [
+        ("user", "Hello"),
+        ("assistant", "reply-1: Hello"),
+        ("user", "More"),
+        ("assistant", "reply-2: More"),
+    ]
+    assert messages[0]["created_at"].endswith("Z")
+
+    assert (await client.delete(f"/chat/{session_id}")).status_code == 204
+    assert (await client.delete(f"/chat/{session_id}")).status_code == 204
+    gone = await client.get(f"/chat/{session_id}")
+    assert gone.status_code == 404
+    assert "no session" in gone.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"session_id": "a b", "message": "x"}, "session_id must be 1-128 characters"),
+        ({"session_id": "x" * 129, "message": "x"}, "session_id must be 1-128 characters"),
+        ({"message": "   "}, "message must not be empty"),
+        ({"message": "x" * 51}, "the limit is 50"),
+        ({"message": 5}, "Expected `str`, got `int`"),
+        ({"session_id": 7, "message": "x"}, "Expected `str | null`, got `int`"),
+        ({}, "missing required field `message`"),
+        ([1, 2], "Expected `object`, got `array`"),
+    ],
+)
+async def test_bad_input_is_a_400_that_says_why(
+    client: Client, model: ScriptedModel, body: object, detail: str
+) -> None:
+    response = await client.post("/chat/", json=body)
+    assert response.status_code == 400
+    assert detail in response.json()["detail"]
+    assert model.seen == []
+
+
+async def test_malformed_json_and_oversized_bodies(client: Client) -> None:
+    malformed = await client.post(
+        "/chat/", content=b'{"message": ', headers={"content-type": "application/json"}
+    )
+    assert malformed.status_code == 400
+    assert "not valid JSON" in malformed.json()["detail"]
+    huge = await client.post("/chat/", content=b'{"message": "' + b"x" * (1024 * 1024) + b'"}')
+    assert huge.status_code == 413
+    assert "1 MiB" in huge.json()["detail"]
+
+
+async def test_get_with_a_bad_session_id_is_a_400(client: Client) -> None:
+    response = await client.get("/chat/a*b")
+    assert response.status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "detail"),
+    [
+        (unavailable(), 502, "HTTP 500"),
+        (ModelTimeout("the test provider did not answer within 1 seconds"), 504, "did not answer"),
+    ],
+)
+async def test_provider_failures_map_to_502_and_504_and_store_nothing(
+    client: Client, model: ScriptedModel, failure: Exception, status: int, detail: str
+) -> None:
+    await client.post("/chat/", json={"session_id": "s", "message": "kept"})
+    before = (await client.get("/chat/s")).json()
+    model.failure = failure
+    response = await client.post("/chat/", json={"session_id": "s", "message": "lost"})
+    assert response.status_code == status
+    assert detail in response.json()["detail"]
+    assert (await client.get("/chat/s")).json() == before
+
+
+async def test_a_bug_is_a_500_that_leaks_nothing(client: Client, model: ScriptedModel) -> None:
+    model.failure = RuntimeError("internal detail sk-live-123")
+    response = await client.post("/chat/", json={"message": "hi"})
+    assert response.status_code == 500
+    assert "sk-live-123" not in response.text
+    assert response.json()["detail"]
+
+
+async def test_store_down_is_a_503_and_ready_names_it(model: ScriptedModel) -> None:
+    async with serve(settings(), model, DownHistory()) as client:
+        response = await client.post("/chat/", json={"message": "hi"})
+        assert response.status_code == 503
+        assert "history store" in response.json()["detail"]
+        assert (await client.get("/chat/s")).status_code == 503
+        assert (await client.get("/health")).json() == {"status": "ok"}
+        ready = await client.get("/ready")
+        assert ready.status_code == 503
+        assert "history store" in ready.json()["detail"]
+
+
+async def test_tokens_guard_chat_but_not_health(model: ScriptedModel) -> None:
+    config = settings(auth=AuthSettings(tokens=("alpha-token", "beta-token")))
+    async with serve(config, model) as client:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "alpha-token"}):
+            denied = await client.post("/chat/", json={"message": "hi"}, headers=headers)
+            assert denied.status_code == 401
+            assert denied.headers["www-authenticate"] == "Bearer"
+            assert "bearer token" in denied.json()["detail"]
+        # 401 comes before the body is even looked at.
+        assert (await client.post("/chat/", content=b"{")).status_code == 401
+        assert model.seen == []
+        assert (await client.get("/health")).status_code == 200
+        assert (await client.get("/ready")).status_code == 200
+        assert (await client.get("/schema/openapi.json")).status_code == 200
+
+        alpha = {"Authorization": "Bearer alpha-token"}
+        beta = {"Authorization": "bearer beta-token"}
+        body = {"session_id": "shared", "message": "alpha's secret"}
+        assert (await client.post("/chat/", json=body, headers=alpha)).status_code == 200
+        # Beta sees nothing of alpha's session, and its writes land in its own.
+        assert (await client.get("/chat/shared", headers=beta)).status_code == 404
+        assert (await client.delete("/chat/shared", headers=beta)).status_code == 204
+        await client.post("/chat/", json={"session_id": "shared", "message": "b"}, headers=beta)
+        alpha_view = (await client.get("/chat/shared", headers=alpha)).json()["messages"]
+        assert [m["content"] for m in alpha_view] == ["alpha's secret", "reply-1: alpha's secret"]
+
+
+async def test_rate_limit_is_per_token_with_retry_after(model: ScriptedModel) -> None:
+    config = settings(
+        auth=AuthSettings(tokens=("t1", "t2"), rate_limit=RateLimit(limit=2, window_seconds=60))
+    )
+    async with serve(config, model) as client:
+        send: Callable[[str], Any] = lambda token: client.post(  # noqa: E731
+            "/chat/", json={"message": "hi"}, headers={"Authorization": f"Bearer {token}"}
+        )
+        assert [(await send("t1")).status_code for _ in range(2)] == [200, 200]
+        limited = await send("t1")
+        assert limited.status_code == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert "rate limit" in limited.json()["detail"]
+        assert (await send("t2")).status_code == 200
+
+
+async def test_openapi_documents_the_contract(client: Client) -> None:
+    document = (await client.get("/schema/openapi.json")).json()
+    post = document["paths"]["/chat"]["post"]
+    assert {"200", "400", "413", "502", "503", "504"} <= set(post["responses"])
+    schemas = document["components"]["schemas"]
+    assert {"message", "session_id"} <= set(schemas["ChatRequest"]["properties"])
+    assert "/chat/{session_id}" in document["paths"]
