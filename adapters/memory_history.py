@@ -34,7 +34,10 @@ class MemoryHistory:
         return list(self._live(key) or ())
 
     async def append_exchange(self, key: SessionKey, question: Message, answer: Message) -> None:
-        messages = [*(self._live(key) or ()), question, answer][-self._max_messages :]
+        stored = self._live(key) or []
+        if question in stored:  # a retried write, as RedisHistory recognises it
+            return
+        messages = [*stored, question, answer][-self._max_messages :]
         expires_at = self._now() + self._ttl if self._ttl else None
         self._sessions[key] = (messages, expires_at)
 

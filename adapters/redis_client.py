@@ -1,9 +1,9 @@
 """One pooled redis.asyncio client per process, with bounded timeouts and retries."""
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, TimeoutError
-from redis.retry import Retry
 
 
 def connect(url: str, *, timeout_seconds: float = 2.0, retries: int = 2) -> Redis:

@@ -15,7 +15,9 @@ Clock = Callable[[], datetime]
 class ChatHistory(Protocol):
     """Histories, each trimmed to the newest max_messages and expiring after a TTL.
 
-    Failures raise HistoryUnavailable and change nothing.
+    Failures raise HistoryUnavailable. A write the store never received changes nothing; one
+    that timed out waiting for the store's answer may still have landed, whole, and writing
+    the same exchange again does not append it twice.
     """
 
     async def load(self, key: SessionKey) -> list[Message]:

@@ -1,0 +1,203 @@
+"""One set of behaviours, run against MemoryHistory and RedisHistory alike.
+
+Whatever passes here for Redis must pass for the in-memory fake, so unit tests that use the
+fake say something true about production.
+"""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from redis.asyncio import Redis
+
+from adapters.memory_history import MemoryHistory
+from adapters.redis_history import RedisHistory
+from application.ports import ChatHistory
+from domain.message import Message
+from domain.session import SessionKey
+
+PREFIX = "chat-test"
+KEY = SessionKey("public", "s-1")
+# A non-UTC offset and non-zero microseconds: both must survive a round trip.
+T0 = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=timezone(timedelta(hours=2)))
+
+
+def exchange(n: int) -> tuple[Message, Message]:
+    asked_at = T0 + timedelta(seconds=n, microseconds=n)
+    return (
+        Message("user", f"question {n}", asked_at),
+        Message("assistant", f"answer {n}", asked_at + timedelta(microseconds=1)),
+    )
+
+
+@dataclass
+class HistoryStore:
+    """Builds histories over one store, and moves that store's clock forward."""
+
+    make: Callable[[int, int], ChatHistory]  # (max_messages, ttl_seconds)
+    advance: Callable[[float], Awaitable[None]]
+
+
+def memory_store() -> HistoryStore:
+    now = [1_000.0]
+
+    async def advance(seconds: float) -> None:
+        now[0] += seconds
+
+    return HistoryStore(
+        make=lambda max_messages, ttl: MemoryHistory(
+            max_messages=max_messages, ttl_seconds=ttl, monotonic=lambda: now[0]
+        ),
+        advance=advance,
+    )
+
+
+def redis_store(client: Redis) -> HistoryStore:
+    async def advance(seconds: float) -> None:
+        # Redis cannot be told the time, so shorten every history's remaining TTL by as
+        # much: what Redis holds after that much time (a non-positive PEXPIRE deletes).
+        async for name in client.scan_iter(match=f"{PREFIX}:history:*"):
+            remaining = await client.pttl(name)
+            if remaining >= 0:
+                await client.pexpire(name, remaining - int(seconds * 1000))
+
+    return HistoryStore(
+        make=lambda max_messages, ttl: RedisHistory(
+            client, key_prefix=PREFIX, max_messages=max_messages, ttl_seconds=ttl
+        ),
+        advance=advance,
+    )
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> HistoryStore:
+    if request.param == "memory":
+        return memory_store()
+    return redis_store(request.getfixturevalue("redis_client"))
+
+
+async def test_unknown_session_loads_empty(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+
+    assert await history.load(KEY) == []
+
+
+async def test_exchange_round_trips_in_order(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    question = Message("user", "héllo 👋\nsecond line", T0)
+    answer = Message("assistant", "", T0 + timedelta(microseconds=1))
+
+    await history.append_exchange(KEY, question, answer)
+    loaded = await history.load(KEY)
+
+    assert loaded == [question, answer]
+    assert [m.created_at.utcoffset() is not None for m in loaded] == [True, True]
+    assert [m.created_at.astimezone(UTC) for m in loaded] == [
+        datetime(2024, 5, 1, 10, 30, 15, 123456, tzinfo=UTC),
+        datetime(2024, 5, 1, 10, 30, 15, 123457, tzinfo=UTC),
+    ]
+
+
+async def test_a_retried_write_is_stored_once(store: HistoryStore) -> None:
+    history = store.make(50, 0)
+    question, answer = exchange(1)
+
+    await history.append_exchange(KEY, question, answer)
+    await history.append_exchange(KEY, question, answer)
+
+    assert await history.load(KEY) == [question, answer]
+
+
+async def test_trim_keeps_the_newest_messages(store: HistoryStore) -> None:
+    history = store.make(4, 60)
+    for n in range(1, 4):
+        await history.append_exchange(KEY, *exchange(n))
+
+    assert await history.load(KEY) == [*exchange(2), *exchange(3)]
+
+
+async def test_history_expires_after_its_ttl(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    await history.append_exchange(KEY, *exchange(1))
+
+    await store.advance(59)
+    assert await history.load(KEY) == list(exchange(1))
+    await store.advance(2)
+    assert await history.load(KEY) == []
+
+
+async def test_each_write_refreshes_the_ttl(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    await history.append_exchange(KEY, *exchange(1))
+    await store.advance(40)
+    await history.append_exchange(KEY, *exchange(2))
+
+    await store.advance(40)  # 80 s after the first write, 40 s after the second
+    assert await history.load(KEY) == [*exchange(1), *exchange(2)]
+    await store.advance(21)
+    assert await history.load(KEY) == []
+
+
+async def test_ttl_zero_never_expires(store: HistoryStore) -> None:
+    history = store.make(10, 0)
+    await history.append_exchange(KEY, *exchange(1))
+
+    await store.advance(10 * 365 * 24 * 3600)
+
+    assert await history.load(KEY) == list(exchange(1))
+
+
+async def test_namespaces_keep_the_same_session_id_apart(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    alice, bob = SessionKey("alice", "shared"), SessionKey("bob", "shared")
+    await history.append_exchange(alice, *exchange(1))
+    await history.append_exchange(bob, *exchange(2))
+
+    assert await history.load(alice) == list(exchange(1))
+    assert await history.load(bob) == list(exchange(2))
+
+    await history.delete(alice)
+
+    assert await history.load(alice) == []
+    assert await history.load(bob) == list(exchange(2))
+
+
+async def test_deleting_a_missing_session_is_fine(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    await history.append_exchange(KEY, *exchange(1))
+
+    await history.delete(SessionKey("public", "never-written"))
+    await history.delete(KEY)
+    await history.delete(KEY)
+
+    assert await history.load(KEY) == []
+
+
+async def test_purge_all_deletes_every_history_and_counts_them(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    keys = [SessionKey("public", "a"), SessionKey("public", "b"), SessionKey("alice", "a")]
+    for n, key in enumerate(keys):
+        await history.append_exchange(key, *exchange(n))
+
+    assert await history.purge_all() == 3
+    assert [await history.load(key) for key in keys] == [[], [], []]
+    assert await history.purge_all() == 0
+
+
+async def test_concurrent_exchanges_keep_each_answer_after_its_question(
+    store: HistoryStore,
+) -> None:
+    history = store.make(40, 60)
+
+    await asyncio.gather(*(history.append_exchange(KEY, *exchange(n)) for n in range(20)))
+
+    loaded = await history.load(KEY)
+    pairs = [tuple(loaded[i : i + 2]) for i in range(0, len(loaded), 2)]
+    assert len(loaded) == 40
+    assert sorted(pairs, key=lambda pair: pair[0].created_at) == [exchange(n) for n in range(20)]
+
+
+async def test_ping_answers(store: HistoryStore) -> None:
+    await store.make(10, 60).ping()

@@ -1,0 +1,234 @@
+"""What only the Redis history can get wrong: key layout, purging, round trips, outages."""
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import msgspec
+import pytest
+from redis.asyncio import Redis
+
+from adapters.redis_client import connect
+from adapters.redis_coordination import RedisJobLock, RedisRateLimiter
+from adapters.redis_history import RedisHistory
+from application.errors import HistoryUnavailable
+from domain.message import Message
+from domain.session import SessionKey
+from tests.support.redis_server import RedisServer
+
+PREFIX = "chat-test"
+KEY = SessionKey("public", "s-1")
+T0 = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
+
+
+def exchange(n: int) -> tuple[Message, Message]:
+    asked_at = T0 + timedelta(seconds=n, microseconds=n)
+    return (
+        Message("user", f"question {n}", asked_at),
+        Message("assistant", f"answer {n}", asked_at + timedelta(microseconds=1)),
+    )
+
+
+def redis_history(client: Redis, key_prefix: str = PREFIX, ttl_seconds: int = 3600) -> RedisHistory:
+    return RedisHistory(client, key_prefix=key_prefix, max_messages=20, ttl_seconds=ttl_seconds)
+
+
+async def all_keys(client: Redis) -> set[str]:
+    return {name.decode() async for name in client.scan_iter(count=1000)}
+
+
+@pytest.fixture
+def history(redis_client: Redis) -> RedisHistory:
+    return redis_history(redis_client)
+
+
+async def test_every_key_is_the_prefixed_session_key(
+    redis_client: Redis, history: RedisHistory
+) -> None:
+    keys = [SessionKey("public", "a"), SessionKey("0f" * 16, "a"), SessionKey("public", "b.c:d")]
+    for n, key in enumerate(keys):
+        await history.append_exchange(key, *exchange(n))
+
+    assert await all_keys(redis_client) == {
+        f"{PREFIX}:history:public:a",
+        f"{PREFIX}:history:{'0f' * 16}:a",
+        f"{PREFIX}:history:public:b.c:d",
+    }
+
+
+async def test_ttl_zero_makes_an_expiring_history_persistent(redis_client: Redis) -> None:
+    await redis_history(redis_client, ttl_seconds=60).append_exchange(KEY, *exchange(1))
+    name = f"{PREFIX}:history:public:s-1"
+    assert 59_000 < await redis_client.pttl(name) <= 60_000
+
+    await redis_history(redis_client, ttl_seconds=0).append_exchange(KEY, *exchange(2))
+
+    assert await redis_client.pttl(name) == -1
+
+
+async def test_purge_all_deletes_only_history_keys(
+    redis_client: Redis, history: RedisHistory
+) -> None:
+    for n in range(3):
+        await history.append_exchange(SessionKey("public", f"s{n}"), *exchange(n))
+    other_app = redis_history(redis_client, key_prefix="other-app")
+    await other_app.append_exchange(KEY, *exchange(9))
+    await RedisJobLock(redis_client, key_prefix=PREFIX).claim("cleanup", 60)
+    await RedisRateLimiter(redis_client, key_prefix=PREFIX, limit=5, window_seconds=60).hit("ip")
+    await redis_client.set(f"{PREFIX}:other", "kept")
+    await redis_client.set(f"{PREFIX}:historyish", "kept")
+    await redis_client.set("unrelated", "kept")
+    survivors = await all_keys(redis_client) - {f"{PREFIX}:history:public:s{n}" for n in range(3)}
+
+    assert await history.purge_all() == 3
+
+    assert await all_keys(redis_client) == survivors
+    assert len(survivors) == 6
+    assert await other_app.load(KEY) == list(exchange(9))
+
+
+async def test_purge_all_spans_many_scan_batches(
+    redis_client: Redis, history: RedisHistory
+) -> None:
+    for n in range(1_200):
+        await history.append_exchange(SessionKey("public", f"s{n}"), *exchange(n))
+    await redis_client.set(f"{PREFIX}:other", "kept")
+
+    assert await history.purge_all() == 1_200
+
+    assert await all_keys(redis_client) == {f"{PREFIX}:other"}
+
+
+async def test_purge_all_treats_glob_characters_in_the_prefix_literally(
+    redis_client: Redis,
+) -> None:
+    globby = redis_history(redis_client, key_prefix="a*b[1]")
+    lookalike = redis_history(redis_client, key_prefix="aXb1")
+    await globby.append_exchange(KEY, *exchange(1))
+    await lookalike.append_exchange(KEY, *exchange(2))
+    await lookalike.append_exchange(SessionKey("public", "s-2"), *exchange(3))
+
+    assert await globby.purge_all() == 1
+
+    assert await globby.load(KEY) == []
+    assert await lookalike.load(KEY) == list(exchange(2))
+    assert await all_keys(redis_client) == {"aXb1:history:public:s-1", "aXb1:history:public:s-2"}
+
+
+async def commands_sent(
+    client: Redis, url: str, action: Callable[[], Awaitable[object]]
+) -> list[str]:
+    """The names of the commands `action` sent to Redis, as MONITOR saw them arrive."""
+    sentinel = "end-of-action"
+    watcher = connect(url)
+    try:
+        async with watcher.monitor() as monitor:
+            await action()
+            await client.echo(sentinel)
+            names = []
+            while (command := await monitor.next_command())["command"] != f"ECHO {sentinel}":
+                if command["client_type"] != "lua":  # commands run by a script
+                    names.append(command["command"].split(" ", 1)[0].lower())
+    finally:
+        await watcher.aclose()
+    return names
+
+
+async def test_one_read_is_one_lrange_and_one_write_is_one_evalsha(
+    redis_server: RedisServer, redis_client: Redis, history: RedisHistory
+) -> None:
+    await history.append_exchange(KEY, *exchange(1))  # opens the connection, loads the script
+    url = redis_server.url
+
+    assert await commands_sent(redis_client, url, lambda: history.load(KEY)) == ["lrange"]
+    assert await commands_sent(
+        redis_client, url, lambda: history.append_exchange(KEY, *exchange(2))
+    ) == ["evalsha"]
+
+
+async def test_undecodable_entries_are_skipped(redis_client: Redis, history: RedisHistory) -> None:
+    await history.append_exchange(KEY, *exchange(1))
+    name = f"{PREFIX}:history:public:s-1"
+    await redis_client.rpush(
+        name,
+        b"\xc1 not msgpack",
+        msgspec.msgpack.encode(["user"]),  # too short
+        msgspec.msgpack.encode(["system", "hi", T0]),  # not a role
+        msgspec.msgpack.encode(["user", "hi", "yesterday"]),  # not a datetime
+    )
+    await history.append_exchange(KEY, *exchange(2))
+
+    assert await history.load(KEY) == [*exchange(1), *exchange(2)]
+
+
+@pytest.fixture
+def persistent_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path / "redis", persistent=True) as server:
+        yield server
+
+
+async def test_stopped_redis_raises_history_unavailable_within_seconds(
+    redis_server: RedisServer, history: RedisHistory
+) -> None:
+    await history.append_exchange(KEY, *exchange(1))
+    redis_server.stop()
+
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: history.load(KEY),
+        lambda: history.append_exchange(KEY, *exchange(2)),
+        history.ping,
+        lambda: history.delete(KEY),
+        history.purge_all,
+    ]
+    for call in calls:
+        started = time.monotonic()
+        with pytest.raises(HistoryUnavailable):
+            await call()
+        assert time.monotonic() - started < 5
+
+
+async def test_same_client_works_again_after_an_outage(
+    redis_server: RedisServer, history: RedisHistory
+) -> None:
+    await history.append_exchange(KEY, *exchange(1))
+    redis_server.stop()
+    with pytest.raises(HistoryUnavailable):
+        await history.ping()
+
+    redis_server.start()
+
+    await history.ping()
+    await history.append_exchange(KEY, *exchange(2))  # the restarted server lost the script
+    assert await history.load(KEY) == list(exchange(2))
+
+
+async def test_same_client_works_right_after_a_restart_it_did_not_see(
+    redis_server: RedisServer, history: RedisHistory
+) -> None:
+    """The pooled connection died with the old server; the client must reconnect, not fail."""
+    await history.append_exchange(KEY, *exchange(1))
+
+    redis_server.restart()
+
+    assert await history.load(KEY) == []
+    await history.append_exchange(KEY, *exchange(2))
+    await history.ping()
+
+
+async def test_a_write_that_failed_while_redis_was_down_left_nothing_behind(
+    persistent_server: RedisServer,
+) -> None:
+    client = connect(persistent_server.url)
+    try:
+        history = redis_history(client)
+        await history.append_exchange(KEY, *exchange(1))
+        persistent_server.stop()
+        with pytest.raises(HistoryUnavailable):
+            await history.append_exchange(KEY, *exchange(2))
+
+        persistent_server.start()
+
+        assert await history.load(KEY) == list(exchange(1))
+    finally:
+        await client.aclose()
