@@ -39,7 +39,7 @@ def mistral_prompt(conversation: Conversation) -> str:
 
 class _Parameters(msgspec.Struct, omit_defaults=True):
     max_new_tokens: int
-    return_full_text: bool = False
+    return_full_text: bool  # required, so always sent: the Inference API defaults to true
     temperature: float | None = None
     do_sample: bool | None = None
 
@@ -69,9 +69,9 @@ class HuggingFaceModel:
         self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         # TGI rejects temperature 0; greedy decoding is what 0 means.
         self._parameters = (
-            _Parameters(max_tokens, temperature=temperature, do_sample=True)
+            _Parameters(max_tokens, False, temperature=temperature, do_sample=True)
             if temperature > 0
-            else _Parameters(max_tokens, do_sample=False)
+            else _Parameters(max_tokens, False, do_sample=False)
         )
         self._policy = policy
         self._encode = msgspec.json.Encoder().encode

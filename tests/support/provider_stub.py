@@ -8,8 +8,10 @@ selects how it misbehaves; a new fault is a new kind handled in `_send`.
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import socket
+import ssl
 import struct
 import threading
 from collections import deque
@@ -134,6 +136,11 @@ class ProviderStub:
     def plan(self, *replies: Reply) -> None:
         """Answer the next requests with these replies, in order, then with `default`."""
         self._planned.extend(replies)
+
+    def reset(self) -> None:
+        """Forget planned replies and recorded requests, for a stub shared by several tests."""
+        self._planned.clear()
+        self.requests.clear()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -264,8 +271,14 @@ def provider_stub_thread() -> Iterator[ProviderStub]:
         yield stub
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Loading the CA store costs ~20 ms a client; loopback needs none, so load it once."""
+    return ssl.create_default_context()
+
+
 @pytest_asyncio.fixture
 async def provider_client() -> AsyncIterator[httpx.AsyncClient]:
     """The kind of client the service shares; trust_env=False keeps proxies off loopback."""
-    async with httpx.AsyncClient(trust_env=False) as client:
+    async with httpx.AsyncClient(trust_env=False, verify=_tls_context()) as client:
         yield client

@@ -5,13 +5,13 @@ from datetime import UTC, datetime
 from adapters.llm.echo import EchoModel
 from application.ports import LanguageModel
 from domain.conversation import Conversation
-from domain.message import Message
+from domain.message import Message, Role
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def _conversation(*texts: str) -> Conversation:
-    roles = ("user", "assistant")
+    roles: tuple[Role, Role] = ("user", "assistant")
     return Conversation(
         "Be brief.", tuple(Message(roles[i % 2], text, NOW) for i, text in enumerate(texts))
     )

@@ -32,7 +32,10 @@ def test_a_single_question_is_one_open_turn() -> None:
 
 
 def test_the_system_prompt_appears_once_however_long_the_conversation() -> None:
-    turns: list[tuple[Role, str]] = [("user", "q1"), ("assistant", "a1")] * 3 + [("user", "q4")]
+    turns: list[tuple[Role, str]] = []
+    for n in range(1, 4):
+        turns += [("user", f"q{n}"), ("assistant", f"a{n}")]
+    turns.append(("user", "q4"))
 
     prompt = mistral_prompt(_conversation("Answer in French.", *turns))
 
