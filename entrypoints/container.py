@@ -139,38 +139,20 @@ class Container(containers.DeclarativeContainer):
         RetryPolicy, max_retries=llm.max_retries, timeout_seconds=llm.timeout_seconds
     )
     provider_url = providers.Callable(_provider_url, llm)
+    # What every remote provider's adapter takes, besides the shared HTTP client.
+    remote = dict(  # noqa: RUF012
+        url=provider_url,
+        api_key=llm.api_key,
+        max_tokens=llm.max_tokens,
+        temperature=llm.temperature,
+        policy=retry_policy,
+    )
     language_model = providers.Selector(
         providers.Callable(_provider_name, llm),
         echo=providers.Singleton(EchoModel),
-        openai=providers.Singleton(
-            OpenAIChatModel,
-            http_client,
-            url=provider_url,
-            api_key=llm.api_key,
-            model=llm.model,
-            max_tokens=llm.max_tokens,
-            temperature=llm.temperature,
-            policy=retry_policy,
-        ),
-        anthropic=providers.Singleton(
-            AnthropicModel,
-            http_client,
-            url=provider_url,
-            api_key=llm.api_key,
-            model=llm.model,
-            max_tokens=llm.max_tokens,
-            temperature=llm.temperature,
-            policy=retry_policy,
-        ),
-        huggingface=providers.Singleton(
-            HuggingFaceModel,
-            http_client,
-            url=provider_url,
-            api_key=llm.api_key,
-            max_tokens=llm.max_tokens,
-            temperature=llm.temperature,
-            policy=retry_policy,
-        ),
+        openai=providers.Singleton(OpenAIChatModel, http_client, model=llm.model, **remote),
+        anthropic=providers.Singleton(AnthropicModel, http_client, model=llm.model, **remote),
+        huggingface=providers.Singleton(HuggingFaceModel, http_client, **remote),
     )
 
     send_message = providers.Singleton(
