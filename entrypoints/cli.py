@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -55,6 +56,9 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int) 
         except (EmbeddedRedisError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+    # uvicorn re-raises SIGTERM once it has shut down gracefully; by default that would end
+    # this process before the embedded Redis is stopped (and saved) below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(
             "entrypoints.asgi:app",

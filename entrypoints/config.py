@@ -227,9 +227,20 @@ def _read_file(path: Path) -> configparser.ConfigParser:
     try:
         with path.open(encoding="utf-8") as file:
             parser.read_file(file)
-    except (configparser.Error, UnicodeDecodeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise ConfigError(f"{path}: cannot be parsed: {first_line}") from None
+    except configparser.ParsingError as error:
+        line, text = error.errors[0]
+        raise ConfigError(
+            f"{path} line {line}: cannot be parsed: expected `key = value` or `[section]`, "
+            f"got {len(text.strip())} characters of something else"
+        ) from None
+    except configparser.MissingSectionHeaderError as error:
+        raise ConfigError(
+            f"{path} line {error.lineno}: cannot be parsed: no [section] header"
+        ) from None
+    except configparser.Error as error:
+        raise ConfigError(f"{path}: cannot be parsed: {error.message.splitlines()[0]}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: cannot be parsed: it is not UTF-8 text") from None
     return parser
 
 

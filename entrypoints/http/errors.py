@@ -29,6 +29,8 @@ def _validation_detail(error: ValidationException) -> str:
     """Litestar puts the reason (e.g. "Expected `str`, got `int` - at `$.message`") in extra."""
     reasons = []
     for item in error.extra if isinstance(error.extra, list) else []:
+        if isinstance(item, dict) and item.get("key") == "data" and item.get("message") == "'data'":
+            return 'request body is empty; send JSON like {"message": "Hello"}'
         if isinstance(item, dict) and item.get("message"):
             where = item.get("key")
             reasons.append(f"{item['message']}" + (f" ({where})" if where else ""))
@@ -44,6 +46,13 @@ def _http_exception(_: Request[Any, Any, Any], error: HTTPException) -> Response
     elif isinstance(error.__cause__, SerializationException):
         detail = f"request body is not valid JSON: {detail}"
     return problem(error.status_code, detail, error.headers)
+
+
+def _unreadable_body(_: Request[Any, Any, Any], error: Exception) -> Response[Problem]:
+    """msgspec raises these two past Litestar's own JSON error handling."""
+    if isinstance(error, UnicodeDecodeError):
+        return problem(400, "request body is not valid JSON: it is not UTF-8")
+    return problem(400, "request body is not valid JSON: it is nested too deeply")
 
 
 def _invalid_input(_: Request[Any, Any, Any], error: InvalidInput) -> Response[Problem]:
@@ -73,6 +82,8 @@ def _unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[P
 
 EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_exception,
+    UnicodeDecodeError: _unreadable_body,
+    RecursionError: _unreadable_body,
     InvalidInput: _invalid_input,
     SessionNotFound: _not_found,
     HistoryUnavailable: _store_down,
