@@ -10,8 +10,7 @@ import uvicorn
 
 from adapters.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from entrypoints.asgi import configure_logging
-from entrypoints.config import CONFIG_ENV, ConfigError, load_settings
-from entrypoints.container import MEMORY_URL
+from entrypoints.config import CONFIG_ENV, MEMORY_URL, ConfigError, load_settings
 
 GRACEFUL_SHUTDOWN_SECONDS = 30
 

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlsplit
 import msgspec
 
 CONFIG_ENV = "CHAT_CONFIG"
+MEMORY_URL = "memory://"  # [redis] url for an in-process store that keeps nothing
 PROVIDERS = ("echo", "openai", "huggingface", "anthropic")
 Provider = Literal["echo", "openai", "huggingface", "anthropic"]
 
@@ -142,7 +143,7 @@ def _http_url(text: str) -> str:
 
 def _redis_url(text: str) -> str:
     url = text.strip()
-    if not url or url == "memory://":
+    if not url or url == MEMORY_URL:
         return url
     parts = urlsplit(url)
     if parts.scheme in {"redis", "rediss"}:
@@ -227,16 +228,21 @@ def _read_file(path: Path) -> configparser.ConfigParser:
     try:
         with path.open(encoding="utf-8") as file:
             parser.read_file(file)
-    except configparser.ParsingError as error:
-        line, text = error.errors[0]
-        raise ConfigError(
-            f"{path} line {line}: cannot be parsed: expected `key = value` or `[section]`, "
-            f"got {len(text.strip())} characters of something else"
-        ) from None
     except configparser.MissingSectionHeaderError as error:
         raise ConfigError(
             f"{path} line {error.lineno}: cannot be parsed: no [section] header"
         ) from None
+    except configparser.ParsingError as error:
+        line = error.errors[0][0]  # not the line's text: it may be a secret
+        raise ConfigError(
+            f"{path} line {line}: cannot be parsed: expected `key = value` or `[section]`"
+        ) from None
+    except configparser.DuplicateOptionError as error:
+        raise ConfigError(
+            f"{path} line {error.lineno}: [{error.section}] {error.option}: set twice"
+        ) from None
+    except configparser.DuplicateSectionError as error:
+        raise ConfigError(f"{path} line {error.lineno}: [{error.section}]: appears twice") from None
     except configparser.Error as error:
         raise ConfigError(f"{path}: cannot be parsed: {error.message.splitlines()[0]}") from None
     except UnicodeDecodeError:
@@ -350,7 +356,7 @@ def describe(settings: Settings) -> str:
         f"embedded redis-server in {settings.redis.data_dir}"
         if not redis
         else "in-memory (nothing kept)"
-        if redis == "memory://"
+        if redis == MEMORY_URL
         else f"redis at {urlsplit(redis).hostname or urlsplit(redis).path}"
     )
     auth = f"{len(settings.auth.tokens)} token(s)" if settings.auth.tokens else "OFF"

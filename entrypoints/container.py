@@ -2,11 +2,11 @@
 
 import inspect
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import msgspec
 from dependency_injector import containers, providers
 from redis.asyncio import Redis
 
@@ -27,9 +27,7 @@ from application.ports import ChatHistory, RateLimiter
 from application.purge_histories import PurgeHistories
 from application.send_message import SendMessage
 from application.show_history import ShowHistory
-from entrypoints.config import LlmSettings, RedisSettings, Settings
-
-MEMORY_URL = "memory://"
+from entrypoints.config import MEMORY_URL, LlmSettings, RedisSettings, Settings
 
 
 def _redis_url(redis: RedisSettings) -> Iterator[str]:
@@ -185,7 +183,8 @@ async def close_resources(container: Container) -> None:
     await _settle(container.shutdown_resources())
 
 
-class Services(msgspec.Struct, frozen=True):
+@dataclass(frozen=True, slots=True)
+class Services:
     """What the HTTP edge uses, resolved once at start-up rather than per request."""
 
     send_message: SendMessage

@@ -101,7 +101,10 @@ def test_the_seeds_flat_config_keeps_working(tmp_path: Path) -> None:
         ("[cleanup]\nenabled = maybe\n", "[cleanup] enabled: 'maybe' is not a boolean"),
         ("[llm]\ntemprature = 1\n", "[llm] temprature: unknown key"),
         ("[database]\nurl = x\n", "[database]: unknown section"),
-        ("not an ini file\n", "cannot be parsed"),
+        ("not an ini file\n", "line 1: cannot be parsed: no [section] header"),
+        ("[llm]\nprovider = echo\nsk-oops\n", "line 3: cannot be parsed: expected `key = value`"),
+        ("[llm]\nmodel = a\nmodel = b\n", "line 3: [llm] model: set twice"),
+        ("[llm]\n[server]\n[llm]\n", "line 3: [llm]: appears twice"),
     ],
 )
 def test_a_mistake_names_file_section_key_and_problem(
