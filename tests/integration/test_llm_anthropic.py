@@ -1,35 +1,17 @@
 """Anthropic's Messages API, against the stub provider over loopback."""
 
-from datetime import UTC, datetime
-
 import httpx
 import pytest
 
 from adapters.llm.anthropic import AnthropicModel, messages_url
-from adapters.llm.http_call import RetryPolicy
 from application.errors import ModelUnavailable
-from domain.conversation import Conversation
-from domain.message import Message
+from tests.integration.llm_samples import FAST, sample_conversation
 from tests.support.provider_stub import (
     ProviderStub,
     anthropic_body,
     error_reply,
     json_reply,
 )
-
-NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-FAST = RetryPolicy(max_retries=2, timeout_seconds=2.0, backoff_base=0.01, backoff_cap=0.05)
-
-
-def _conversation(system: str | None = "Be brief.") -> Conversation:
-    return Conversation(
-        system,
-        (
-            Message("user", "Hi", NOW),
-            Message("assistant", "Hello!", NOW),
-            Message("user", "What is 2+2?", NOW),
-        ),
-    )
 
 
 def _model(client: httpx.AsyncClient, url: str) -> AnthropicModel:
@@ -45,7 +27,7 @@ async def test_sends_a_messages_request_and_returns_the_answer(
     provider_stub.plan(json_reply(anthropic_body("4")))
     model = _model(provider_client, messages_url(provider_stub.url))
 
-    assert await model.reply(_conversation()) == "4"
+    assert await model.reply(sample_conversation()) == "4"
 
     [request] = provider_stub.requests
     assert request.method == "POST"
@@ -74,7 +56,7 @@ async def test_accepts_the_host_the_v1_base_or_the_full_endpoint(
     provider_stub.plan(json_reply(anthropic_body("ok")))
     model = _model(provider_client, messages_url(provider_stub.url + configured))
 
-    await model.reply(_conversation())
+    await model.reply(sample_conversation())
 
     assert [r.path for r in provider_stub.requests] == ["/v1/messages"]
 
@@ -86,7 +68,7 @@ async def test_without_a_system_prompt_sends_no_system_field(
     provider_stub.plan(json_reply(anthropic_body("4")))
     model = _model(provider_client, messages_url(provider_stub.url))
 
-    await model.reply(_conversation(system=None))
+    await model.reply(sample_conversation(system=None))
 
     assert "system" not in provider_stub.requests[0].json
 
@@ -99,7 +81,7 @@ async def test_joins_the_text_blocks_and_skips_the_others(
     provider_stub.plan(json_reply(payload))
     model = _model(provider_client, messages_url(provider_stub.url))
 
-    assert await model.reply(_conversation()) == "Two plus two is four."
+    assert await model.reply(sample_conversation()) == "Two plus two is four."
 
 
 @pytest.mark.parametrize(
@@ -119,7 +101,7 @@ async def test_an_answer_without_text_is_model_unavailable(
     model = _model(provider_client, messages_url(provider_stub.url))
 
     with pytest.raises(ModelUnavailable, match="anthropic provider"):
-        await model.reply(_conversation())
+        await model.reply(sample_conversation())
     assert len(provider_stub.requests) == 1
 
 
@@ -129,5 +111,5 @@ async def test_overloaded_529_is_retried(
     provider_stub.plan(error_reply(529), json_reply(anthropic_body("4")))
     model = _model(provider_client, messages_url(provider_stub.url))
 
-    assert await model.reply(_conversation()) == "4"
+    assert await model.reply(sample_conversation()) == "4"
     assert len(provider_stub.requests) == 2

@@ -22,6 +22,7 @@ from application.errors import ModelTimeout, ModelUnavailable
 from application.ports import LanguageModel
 from domain.conversation import Conversation
 from domain.message import Message
+from tests.integration.llm_samples import FAST
 from tests.support.provider_stub import (
     ProviderStub,
     Reply,
@@ -39,7 +40,6 @@ from tests.support.provider_stub import (
 )
 
 SECRET = "sk-fault-test-0123456789abcdef"
-FAST = RetryPolicy(max_retries=2, timeout_seconds=2.0, backoff_base=0.01, backoff_cap=0.05)
 QUICK_TIMEOUT = msgspec.structs.replace(FAST, timeout_seconds=0.2)
 CONVERSATION = Conversation(
     "Be brief.", (Message("user", "What is 2+2?", datetime(2024, 5, 1, 12, 0, tzinfo=UTC)),)

@@ -1,32 +1,15 @@
 """Hugging Face text generation, against the stub provider over loopback."""
 
-from datetime import UTC, datetime
-
 import httpx
 import pytest
 
-from adapters.llm.http_call import RetryPolicy
 from adapters.llm.huggingface import HuggingFaceModel
 from application.errors import ModelUnavailable
-from domain.conversation import Conversation
-from domain.message import Message
+from tests.integration.llm_samples import FAST, sample_conversation
 from tests.support.provider_stub import ProviderStub, huggingface_body, json_reply
 
-NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-FAST = RetryPolicy(max_retries=2, timeout_seconds=2.0, backoff_base=0.01, backoff_cap=0.05)
 MODEL_PATH = "/models/mistralai/Mistral-7B-Instruct-v0.3"
 PROMPT = "<s>[INST] Be brief.\n\nHi [/INST] Hello!</s>[INST] What is 2+2? [/INST]"
-
-
-def _conversation() -> Conversation:
-    return Conversation(
-        "Be brief.",
-        (
-            Message("user", "Hi", NOW),
-            Message("assistant", "Hello!", NOW),
-            Message("user", "What is 2+2?", NOW),
-        ),
-    )
 
 
 def _model(
@@ -47,7 +30,7 @@ async def test_sends_the_mistral_prompt_and_returns_the_generated_text(
     provider_stub.plan(json_reply(huggingface_body(" 4")))
     model = _model(provider_client, provider_stub.url + MODEL_PATH)
 
-    assert await model.reply(_conversation()) == "4"
+    assert await model.reply(sample_conversation()) == "4"
 
     [request] = provider_stub.requests
     assert request.method == "POST"
@@ -67,7 +50,7 @@ async def test_asks_for_the_generated_text_only(
     provider_stub.plan(json_reply(huggingface_body("4")))
     model = _model(provider_client, provider_stub.url + MODEL_PATH)
 
-    await model.reply(_conversation())
+    await model.reply(sample_conversation())
 
     assert provider_stub.requests[0].json["parameters"].get("return_full_text") is False
 
@@ -79,7 +62,7 @@ async def test_temperature_zero_asks_for_greedy_decoding(
     provider_stub.plan(json_reply(huggingface_body("4")))
     model = _model(provider_client, provider_stub.url + "/generate", temperature=0.0)
 
-    await model.reply(_conversation())
+    await model.reply(sample_conversation())
 
     [request] = provider_stub.requests
     assert request.path == "/generate"
@@ -93,7 +76,7 @@ async def test_a_local_server_needs_no_key(
     provider_stub.plan(json_reply(huggingface_body("4")))
     model = _model(provider_client, provider_stub.url + "/generate", api_key="")
 
-    await model.reply(_conversation())
+    await model.reply(sample_conversation())
 
     assert "authorization" not in provider_stub.requests[0].headers
 
@@ -105,7 +88,7 @@ async def test_reads_both_answer_shapes(
     provider_stub.plan(json_reply(huggingface_body("Four.", as_list=as_list)))
     model = _model(provider_client, provider_stub.url + MODEL_PATH)
 
-    assert await model.reply(_conversation()) == "Four."
+    assert await model.reply(sample_conversation()) == "Four."
 
 
 async def test_a_server_that_echoes_the_prompt_still_yields_only_the_answer(
@@ -114,7 +97,7 @@ async def test_a_server_that_echoes_the_prompt_still_yields_only_the_answer(
     provider_stub.plan(json_reply(huggingface_body(PROMPT + " Four.")))
     model = _model(provider_client, provider_stub.url + MODEL_PATH)
 
-    assert await model.reply(_conversation()) == "Four."
+    assert await model.reply(sample_conversation()) == "Four."
 
 
 @pytest.mark.parametrize(
@@ -135,5 +118,5 @@ async def test_an_answer_without_text_is_model_unavailable(
     model = _model(provider_client, provider_stub.url + MODEL_PATH)
 
     with pytest.raises(ModelUnavailable, match="huggingface provider"):
-        await model.reply(_conversation())
+        await model.reply(sample_conversation())
     assert len(provider_stub.requests) == 1

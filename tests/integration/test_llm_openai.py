@@ -1,30 +1,12 @@
 """OpenAI-compatible Chat Completions, against the stub provider over loopback."""
 
-from datetime import UTC, datetime
-
 import httpx
 import pytest
 
-from adapters.llm.http_call import RetryPolicy
 from adapters.llm.openai import OpenAIChatModel, chat_completions_url
 from application.errors import ModelUnavailable
-from domain.conversation import Conversation
-from domain.message import Message
+from tests.integration.llm_samples import FAST, sample_conversation
 from tests.support.provider_stub import ProviderStub, json_reply, openai_body
-
-NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-FAST = RetryPolicy(max_retries=2, timeout_seconds=2.0, backoff_base=0.01, backoff_cap=0.05)
-
-
-def _conversation(system: str | None = "Be brief.") -> Conversation:
-    return Conversation(
-        system,
-        (
-            Message("user", "Hi", NOW),
-            Message("assistant", "Hello!", NOW),
-            Message("user", "What is 2+2?", NOW),
-        ),
-    )
 
 
 def _model(
@@ -47,7 +29,7 @@ async def test_sends_a_chat_completion_request_and_returns_the_answer(
     provider_stub.plan(json_reply(openai_body("4")))
     model = _model(provider_client, chat_completions_url(f"{provider_stub.url}/v1"))
 
-    assert await model.reply(_conversation()) == "4"
+    assert await model.reply(sample_conversation()) == "4"
 
     [request] = provider_stub.requests
     assert request.method == "POST"
@@ -83,7 +65,7 @@ async def test_accepts_a_base_url_or_the_full_endpoint(
     provider_stub.plan(json_reply(openai_body("ok")))
     model = _model(provider_client, chat_completions_url(provider_stub.url + configured))
 
-    await model.reply(_conversation())
+    await model.reply(sample_conversation())
 
     assert [r.path for r in provider_stub.requests] == [path]
 
@@ -94,7 +76,7 @@ async def test_without_a_system_prompt_sends_only_the_turns(
     provider_stub.plan(json_reply(openai_body("4")))
     model = _model(provider_client, chat_completions_url(provider_stub.url))
 
-    await model.reply(_conversation(system=None))
+    await model.reply(sample_conversation(system=None))
 
     assert [m["role"] for m in provider_stub.requests[0].json["messages"]] == [
         "user",
@@ -110,7 +92,7 @@ async def test_a_local_server_needs_no_key_and_no_model_name(
     provider_stub.plan(json_reply(openai_body("ok")))
     model = _model(provider_client, chat_completions_url(provider_stub.url), api_key="", model="")
 
-    await model.reply(_conversation())
+    await model.reply(sample_conversation())
 
     [request] = provider_stub.requests
     assert "authorization" not in request.headers
@@ -123,7 +105,7 @@ async def test_temperature_zero_is_sent_not_dropped(
     provider_stub.plan(json_reply(openai_body("ok")))
     model = _model(provider_client, chat_completions_url(provider_stub.url), temperature=0.0)
 
-    await model.reply(_conversation())
+    await model.reply(sample_conversation())
 
     assert provider_stub.requests[0].json["temperature"] == 0
 
@@ -146,7 +128,7 @@ async def test_an_answer_without_text_is_model_unavailable(
     model = _model(provider_client, chat_completions_url(provider_stub.url))
 
     with pytest.raises(ModelUnavailable, match="openai-compatible provider"):
-        await model.reply(_conversation())
+        await model.reply(sample_conversation())
     assert len(provider_stub.requests) == 1
 
 
@@ -156,7 +138,7 @@ async def test_successive_replies_reuse_one_pooled_connection(
     provider_stub.plan(json_reply(openai_body("one")), json_reply(openai_body("two")))
     model = _model(provider_client, chat_completions_url(provider_stub.url))
 
-    assert [await model.reply(_conversation()), await model.reply(_conversation())] == [
+    assert [await model.reply(sample_conversation()), await model.reply(sample_conversation())] == [
         "one",
         "two",
     ]
@@ -170,5 +152,5 @@ async def test_replies_from_a_stub_serving_from_its_own_thread(
     provider_stub_thread.plan(json_reply(openai_body("from the thread")))
     model = _model(provider_client, chat_completions_url(provider_stub_thread.url))
 
-    assert await model.reply(_conversation()) == "from the thread"
+    assert await model.reply(sample_conversation()) == "from the thread"
     assert len(provider_stub_thread.requests) == 1
