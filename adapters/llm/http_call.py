@@ -98,6 +98,10 @@ async def post_json(
             delay = _backoff(policy, attempt, None)
             if last:
                 raise ModelUnavailable(failure) from error
+        except httpx.HTTPError as error:  # e.g. a body that does not match its Content-Encoding
+            raise ModelUnavailable(
+                f"{provider} answered something unreadable ({type(error).__name__})"
+            ) from error
         if last:
             raise ModelUnavailable(failure)
         log.warning("%s; retry %d of %d in %.2fs", failure, attempt + 1, policy.max_retries, delay)

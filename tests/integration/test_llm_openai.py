@@ -6,7 +6,7 @@ import pytest
 from adapters.llm.openai import OpenAIChatModel, chat_completions_url
 from application.errors import ModelUnavailable
 from tests.integration.llm_samples import FAST, sample_conversation
-from tests.support.provider_stub import ProviderStub, json_reply, openai_body
+from tests.support.provider_stub import ProviderStub, Reply, json_reply, openai_body
 
 
 def _model(
@@ -128,6 +128,17 @@ async def test_an_answer_without_text_is_model_unavailable(
     model = _model(provider_client, chat_completions_url(provider_stub.url))
 
     with pytest.raises(ModelUnavailable, match="openai-compatible provider"):
+        await model.reply(sample_conversation())
+    assert len(provider_stub.requests) == 1
+
+
+async def test_a_body_that_does_not_match_its_encoding_is_model_unavailable(
+    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+) -> None:
+    provider_stub.plan(Reply(200, b"not gzip at all", {"content-encoding": "gzip"}))
+    model = _model(provider_client, chat_completions_url(provider_stub.url))
+
+    with pytest.raises(ModelUnavailable, match="unreadable"):
         await model.reply(sample_conversation())
     assert len(provider_stub.requests) == 1
 
