@@ -4,7 +4,6 @@ A Litestar guard rather than a dependency: guards run before the request body is
 so a caller without a valid token learns nothing (401), whatever it sent.
 """
 
-import hashlib
 import hmac
 from typing import Any
 
@@ -12,31 +11,29 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
 from litestar.handlers.base import BaseRouteHandler
 
-from domain.session import namespace_for
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+from domain.session import PUBLIC_NAMESPACE, namespace_for
 
 
 class BearerGuard:
-    def __init__(self, tokens: tuple[str, ...]) -> None:
-        self._digests = tuple(_digest(t) for t in tokens)
+    """Sets `request.state.namespace`: whose sessions this request may touch."""
 
-    def _authenticate(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str | None:
-        """The caller's token, or None when auth is off; raises 401 otherwise."""
-        if not self._digests:
-            return None
+    def __init__(self, tokens: tuple[str, ...]) -> None:
+        self._namespaces = tuple(namespace_for(t) for t in tokens)
+
+    def _namespace(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+        """The token's namespace (the public one when auth is off); 401 for a wrong token."""
+        if not self._namespaces:
+            return PUBLIC_NAMESPACE
         scheme, _, token = connection.headers.get("authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() == "bearer" and token:
-            presented = _digest(token)
-            # Fixed-length digests, every configured token compared: constant time.
+            presented = namespace_for(token)
+            # Fixed-length digests, every configured one compared: constant time.
             matched = False
-            for known in self._digests:
+            for known in self._namespaces:
                 matched |= hmac.compare_digest(presented, known)
             if matched:
-                return token
+                return presented
         raise NotAuthorizedException(
             detail="a valid bearer token is required (Authorization: Bearer <token>)",
             headers={"WWW-Authenticate": "Bearer"},
@@ -45,15 +42,13 @@ class BearerGuard:
     async def __call__(
         self, connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
     ) -> None:
-        token = self._authenticate(connection)
-        namespace = namespace_for(token)
-        connection.state.namespace = namespace
+        namespace = connection.state.namespace = self._namespace(connection)
         limiter = connection.app.state.services.rate_limiter
         if limiter is None:
             return
-        identity = (
-            namespace if token else f"ip:{connection.client.host if connection.client else '-'}"
-        )
+        identity = namespace
+        if namespace == PUBLIC_NAMESPACE:  # no token: count per client address
+            identity = f"ip:{connection.client.host if connection.client else '-'}"
         retry_after = await limiter.hit(identity)
         if retry_after is not None:
             raise TooManyRequestsException(

@@ -221,3 +221,15 @@ async def test_openapi_documents_the_contract(client: Client) -> None:
     schemas = document["components"]["schemas"]
     assert {"message", "session_id"} <= set(schemas["ChatRequest"]["properties"])
     assert "/chat/{session_id}" in document["paths"]
+
+
+async def test_without_tokens_the_rate_limit_counts_per_client_address(
+    model: ScriptedModel,
+) -> None:
+    config = settings(auth=AuthSettings(rate_limit=RateLimit(limit=2, window_seconds=60)))
+    async with serve(config, model) as client:
+        statuses = [(await client.post("/chat/", json={"message": "hi"})).status_code]
+        statuses.append((await client.get("/chat/nobody")).status_code)
+        statuses.append((await client.post("/chat/", json={"message": "hi"})).status_code)
+        assert statuses == [200, 404, 429]
+        assert (await client.get("/health")).status_code == 200  # not rate limited
