@@ -1,6 +1,5 @@
 """Routes. Handlers translate HTTP to use-case calls and back; the rules live in application/."""
 
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -11,10 +10,9 @@ from litestar.openapi import ResponseSpec
 from litestar.params import FromPath, JSONBody
 from litestar.response import Response
 
-from application.delete_history import DeleteHistory
 from application.errors import HistoryUnavailable
-from application.send_message import Reply, SendMessage
-from application.show_history import ShowHistory
+from application.send_message import Reply
+from domain.message import Message
 from entrypoints.container import Services
 from entrypoints.http.errors import Problem, problem
 
@@ -24,15 +22,9 @@ class ChatRequest(msgspec.Struct):
     session_id: str | None = None
 
 
-class MessageView(msgspec.Struct):
-    role: str
-    content: str
-    created_at: datetime
-
-
 class HistoryView(msgspec.Struct):
     session_id: str
-    messages: list[MessageView]
+    messages: list[Message]
 
 
 class Status(msgspec.Struct):
@@ -83,8 +75,7 @@ class ChatController(Controller):
         services: NamedDependency[Services],
     ) -> Reply:
         """A missing, null or blank session_id starts a new session; the reply names it."""
-        send_message: SendMessage = services.send_message
-        return await send_message.execute(namespace, data.session_id, data.message)
+        return await services.send_message.execute(namespace, data.session_id, data.message)
 
     @get(
         "/{session_id:str}",
@@ -97,12 +88,8 @@ class ChatController(Controller):
         namespace: NamedDependency[str],
         services: NamedDependency[Services],
     ) -> HistoryView:
-        show_history: ShowHistory = services.show_history
-        messages = await show_history.execute(namespace, session_id)
-        return HistoryView(
-            session_id.strip(),
-            [MessageView(m.role, m.content, m.created_at) for m in messages],
-        )
+        messages = await services.show_history.execute(namespace, session_id)
+        return HistoryView(session_id.strip(), messages)
 
     @delete("/{session_id:str}", status_code=204, responses=_COMMON, summary="Forget a session")
     async def forget(
@@ -111,8 +98,7 @@ class ChatController(Controller):
         namespace: NamedDependency[str],
         services: NamedDependency[Services],
     ) -> None:
-        delete_history: DeleteHistory = services.delete_history
-        await delete_history.execute(namespace, session_id)
+        await services.delete_history.execute(namespace, session_id)
 
 
 @get("/health", summary="Liveness", tags=["operations"])
