@@ -2,14 +2,11 @@
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import pytest
 from redis.asyncio import Redis
 
 from adapters.cleanup_scheduler import CleanupScheduler
-from adapters.redis_client import connect
 from adapters.redis_coordination import RedisJobLock
 from adapters.redis_history import RedisHistory
 from application.purge_histories import PurgeHistories
@@ -29,18 +26,10 @@ def scheduler_over(client: Redis, interval: int = 1) -> CleanupScheduler:
     return CleanupScheduler(purge, interval_seconds=interval)
 
 
-@pytest.fixture
-async def clients(redis_server: RedisServer) -> AsyncIterator[tuple[Redis, Redis]]:
-    a, b = connect(redis_server.url), connect(redis_server.url)
-    yield a, b
-    await a.aclose()
-    await b.aclose()
-
-
 async def test_two_processes_purge_once_per_interval_in_total(
-    clients: tuple[Redis, Redis],
+    two_clients: tuple[Redis, Redis],
 ) -> None:
-    a, b = clients
+    a, b = two_clients
     history = RedisHistory(a, key_prefix=PREFIX, max_messages=10, ttl_seconds=0)
     await history.append_exchange(
         SessionKey("public", "s"), Message("user", "q", NOW), Message("assistant", "a", NOW)
@@ -65,9 +54,9 @@ async def test_two_processes_purge_once_per_interval_in_total(
 
 
 async def test_a_run_while_redis_is_down_is_skipped_not_raised(
-    redis_server: RedisServer, clients: tuple[Redis, Redis]
+    redis_server: RedisServer, two_clients: tuple[Redis, Redis]
 ) -> None:
-    scheduler = scheduler_over(clients[0], interval=60)
+    scheduler = scheduler_over(two_clients[0], interval=60)
     redis_server.stop()
     assert await scheduler.run_once() is None
     assert scheduler.runs == 0

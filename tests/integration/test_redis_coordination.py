@@ -2,24 +2,12 @@
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
-from adapters.redis_client import connect
 from adapters.redis_coordination import RedisJobLock, RedisRateLimiter
-from tests.support.redis_server import RedisServer
 
 PREFIX = "chat-test"
-
-
-@pytest.fixture
-async def two_clients(redis_server: RedisServer) -> AsyncIterator[tuple[Redis, Redis]]:
-    first, second = connect(redis_server.url), connect(redis_server.url)
-    yield first, second
-    await first.aclose()
-    await second.aclose()
 
 
 async def start_of_a_window(window_seconds: int, needed: float = 1.0) -> None:

@@ -170,3 +170,12 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = connect(redis_server.url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def two_clients(redis_server: RedisServer) -> AsyncIterator[tuple[Redis, Redis]]:
+    """Two clients with their own pools: two processes sharing one Redis."""
+    first, second = connect(redis_server.url), connect(redis_server.url)
+    yield first, second
+    await first.aclose()
+    await second.aclose()
