@@ -55,4 +55,5 @@ class CleanupScheduler:
     def shutdown(self) -> None:
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+            log.info("cleanup scheduler stopped")
         self._scheduler = None
