@@ -18,6 +18,7 @@ from entrypoints.config import ConfigError, Settings, describe, load_settings
 from entrypoints.container import Container, Services, close_resources
 from entrypoints.http.auth import BearerGuard
 from entrypoints.http.controllers import ChatController, health, ready
+from entrypoints.http.disconnect import cancel_on_disconnect
 from entrypoints.http.errors import EXCEPTION_HANDLERS
 
 log = logging.getLogger("chat")
@@ -65,6 +66,7 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
     return Litestar(
         route_handlers=[chat, health, ready],
         lifespan=[lifespan],
+        middleware=[cancel_on_disconnect],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
         openapi_config=OpenAPIConfig(

@@ -1,0 +1,67 @@
+"""Cancel a request's handler when its client hangs up before the answer is sent.
+
+Neither uvicorn nor Litestar does this for ordinary (non-streaming) responses: a client
+that gives up would otherwise keep a provider call and its pooled connection busy until
+the model answered, and then have the exchange stored for nobody. Cancelling leaves the
+history as it was, since the exchange is only written after the model answered.
+"""
+
+import asyncio
+import contextlib
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
+
+
+def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
+    """ASGI middleware: once the request body has been read, watch for `http.disconnect`.
+
+    Only after the body: the watcher's own receive() must not steal body chunks from the
+    app. Handlers that never read a body (GET, DELETE) are short Redis calls and are left
+    to finish.
+    """
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        handler = asyncio.current_task()
+        assert handler is not None
+        body_read = asyncio.Event()
+        responding = False
+        cancelled_by_us = False
+
+        async def receive_body() -> ReceiveMessage:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_read.set()
+            return message
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal responding
+            responding = True
+            await send(message)
+
+        async def watch() -> None:
+            nonlocal cancelled_by_us
+            await body_read.wait()
+            # Returns at disconnect, or once the response is complete (uvicorn then also
+            # reports a disconnect; `responding` tells the two apart).
+            message = await receive()
+            if message["type"] == "http.disconnect" and not responding:
+                cancelled_by_us = True
+                handler.cancel()
+
+        watcher = asyncio.create_task(watch())
+        try:
+            await app(scope, receive_body, send_tracked)
+        except asyncio.CancelledError:
+            if not cancelled_by_us:
+                raise
+            handler.uncancel()  # the client is gone: nothing to answer, nothing to re-raise
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    return middleware
