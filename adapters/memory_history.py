@@ -1,8 +1,10 @@
-"""Chat histories in a dict: the Redis adapter's semantics (trim, TTL, namespaces), no server."""
+"""Chat histories and request receipts in dicts: the Redis adapter's semantics (trim, TTL,
+namespaces, receipts written with their exchange), no server."""
 
 import time
 from collections.abc import Callable
 
+from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, Reply
 from domain.message import Message
 from domain.session import SessionKey
 
@@ -19,6 +21,7 @@ class MemoryHistory:
         self._ttl = ttl_seconds
         self._now = monotonic
         self._sessions: dict[SessionKey, tuple[list[Message], float | None]] = {}
+        self._receipts: dict[tuple[str, str], tuple[Receipt, float]] = {}
 
     def _live(self, key: SessionKey) -> list[Message] | None:
         entry = self._sessions.get(key)
@@ -33,13 +36,43 @@ class MemoryHistory:
     async def load(self, key: SessionKey) -> list[Message]:
         return list(self._live(key) or ())
 
-    async def append_exchange(self, key: SessionKey, question: Message, answer: Message) -> None:
+    def _receipt(self, receipt: Receipt) -> Receipt | None:
+        entry = self._receipts.get((receipt.namespace, receipt.key))
+        if entry is None or self._now() >= entry[1]:
+            return None
+        return entry[0]
+
+    def _keep_receipt(self, receipt: Receipt, ttl_seconds: float) -> None:
+        now = self._now()
+        if len(self._receipts) > 10_000:
+            self._receipts = {k: v for k, v in self._receipts.items() if v[1] > now}
+        self._receipts[receipt.namespace, receipt.key] = (receipt, now + ttl_seconds)
+
+    async def append_exchange(
+        self, key: SessionKey, question: Message, answer: Message, receipt: Receipt | None = None
+    ) -> Reply | None:
+        held = None if receipt is None else self._receipt(receipt)
+        if held is not None and held.reply is not None:
+            return held.reply
         stored = self._live(key) or []
         if question in stored:  # a retried write, as RedisHistory recognises it
-            return
+            return None
         messages = [*stored, question, answer][-self._max_messages :]
         expires_at = self._now() + self._ttl if self._ttl else None
         self._sessions[key] = (messages, expires_at)
+        if receipt is not None:
+            self._keep_receipt(receipt, RECEIPT_TTL_SECONDS)
+        return None
+
+    async def claim(self, pending: Receipt, ttl_seconds: int) -> Receipt | None:
+        held = self._receipt(pending)
+        if held is None:
+            self._keep_receipt(pending, ttl_seconds)
+        return held
+
+    async def release(self, pending: Receipt) -> None:
+        if self._receipt(pending) == pending:
+            del self._receipts[pending.namespace, pending.key]
 
     async def delete(self, key: SessionKey) -> None:
         self._sessions.pop(key, None)

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from application.errors import HistoryUnavailable
+from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, Reply
 from domain.message import Message, Role
 from domain.session import SessionKey
 
@@ -16,8 +17,14 @@ log = logging.getLogger(__name__)
 
 # One atomic step per exchange. A script rather than MULTI/EXEC so that a retried write
 # (the connection died after Redis ran it but before the reply arrived) is recognised by
-# its question, which carries a microsecond timestamp, and not appended twice.
+# its question, which carries a microsecond timestamp, and not appended twice. With a
+# receipt (KEYS[2]), a request already answered is not appended again: its receipt is
+# returned instead.
 _APPEND_EXCHANGE = """
+if KEYS[2] then
+  local held = redis.call('GET', KEYS[2])
+  if held and string.sub(held, 1, 1) == 'd' then return held end
+end
 if redis.call('LPOS', KEYS[1], ARGV[3], 'RANK', -1) then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[3], ARGV[4])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
@@ -26,11 +33,31 @@ if tonumber(ARGV[2]) > 0 then
 else
   redis.call('PERSIST', KEYS[1])
 end
+if KEYS[2] then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6]) end
 return 1
+"""
+
+# Receipts are stored as b"p" (pending) or b"d" (done) followed by the msgpack Receipt, so
+# the scripts can tell the two apart without decoding.
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple[Role, str, datetime]).decode
+_decode_receipt = msgspec.msgpack.Decoder(Receipt).decode
+
+
+def _stored_receipt(receipt: Receipt) -> bytes:
+    return (b"p" if receipt.reply is None else b"d") + _encode(receipt)
 
 
 def _glob_escape(text: str) -> str:
@@ -45,10 +72,16 @@ class RedisHistory:
         self._prefix = f"{key_prefix}:history:"
         self._max_messages = max_messages
         self._ttl = ttl_seconds
+        self._receipt_prefix = f"{key_prefix}:receipt:"
         self._append = client.register_script(_APPEND_EXCHANGE)
+        self._claim = client.register_script(_CLAIM)
+        self._release = client.register_script(_RELEASE)
 
     def _key(self, key: SessionKey) -> str:
         return f"{self._prefix}{key.namespace}:{key.session_id}"
+
+    def _receipt_key(self, receipt: Receipt) -> str:
+        return f"{self._receipt_prefix}{receipt.namespace}:{receipt.key}"
 
     async def load(self, key: SessionKey) -> list[Message]:
         try:
@@ -66,15 +99,37 @@ class RedisHistory:
                 log.warning("skipping an unreadable history entry in session %s", key.session_id)
         return messages
 
-    async def append_exchange(self, key: SessionKey, question: Message, answer: Message) -> None:
-        args = (
+    async def append_exchange(
+        self, key: SessionKey, question: Message, answer: Message, receipt: Receipt | None = None
+    ) -> Reply | None:
+        keys = [self._key(key)]
+        args: list[bytes | int] = [
             self._max_messages,
             self._ttl,
             _encode((question.role, question.content, question.created_at)),
             _encode((answer.role, answer.content, answer.created_at)),
-        )
+        ]
+        if receipt is not None:
+            keys.append(self._receipt_key(receipt))
+            args += [_stored_receipt(receipt), RECEIPT_TTL_SECONDS]
         try:
-            await self._append(keys=[self._key(key)], args=args)
+            result = await self._append(keys=keys, args=args)
+        except RedisError as error:
+            raise HistoryUnavailable("the history store is unavailable") from error
+        return _decode_receipt(result[1:]).reply if isinstance(result, bytes) else None
+
+    async def claim(self, pending: Receipt, ttl_seconds: int) -> Receipt | None:
+        try:
+            held = await self._claim(
+                keys=[self._receipt_key(pending)], args=[_stored_receipt(pending), ttl_seconds]
+            )
+        except RedisError as error:
+            raise HistoryUnavailable("the history store is unavailable") from error
+        return None if held is None else _decode_receipt(held[1:])
+
+    async def release(self, pending: Receipt) -> None:
+        try:
+            await self._release(keys=[self._receipt_key(pending)], args=[_stored_receipt(pending)])
         except RedisError as error:
             raise HistoryUnavailable("the history store is unavailable") from error
 

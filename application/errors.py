@@ -15,3 +15,7 @@ class ModelUnavailable(RuntimeError):
 
 class ModelTimeout(ModelUnavailable):
     """The model's provider did not answer within the configured timeout."""
+
+
+class IdempotencyConflict(RuntimeError):
+    """An Idempotency-Key reused for a different request, or its first request still runs."""

@@ -5,6 +5,7 @@ from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from domain.conversation import Conversation
+from domain.idempotency import Receipt, Reply
 from domain.message import Message
 from domain.session import SessionKey
 
@@ -24,8 +25,15 @@ class ChatHistory(Protocol):
         """The stored messages, oldest first; empty when there is no such session."""
         ...
 
-    async def append_exchange(self, key: SessionKey, question: Message, answer: Message) -> None:
-        """Append both messages atomically, trim, and refresh the session's TTL."""
+    async def append_exchange(
+        self, key: SessionKey, question: Message, answer: Message, receipt: Receipt | None = None
+    ) -> Reply | None:
+        """Append both messages atomically, trim, and refresh the session's TTL.
+
+        With a (completed) receipt, it is recorded in the same atomic step, unless a completed
+        receipt for that request is there already: then nothing is written and that one's
+        reply is returned, so one Idempotency-Key never appends twice.
+        """
         ...
 
     async def delete(self, key: SessionKey) -> None: ...
@@ -36,6 +44,21 @@ class ChatHistory(Protocol):
 
     async def ping(self) -> None:
         """Return when the store answers; raise HistoryUnavailable otherwise."""
+        ...
+
+
+@runtime_checkable
+class RequestReceipts(Protocol):
+    """Receipts of requests made with an Idempotency-Key. The history store keeps them, since
+    a completed receipt is written in the same atomic step as its exchange."""
+
+    async def claim(self, pending: Receipt, ttl_seconds: int) -> Receipt | None:
+        """Record `pending` (a receipt without reply) unless a receipt for the same request is
+        there: return that one instead. None means the caller now owns the request."""
+        ...
+
+    async def release(self, pending: Receipt) -> None:
+        """Forget a claim whose request failed, so a repeat runs again; never a completed one."""
         ...
 
 

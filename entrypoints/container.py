@@ -64,6 +64,13 @@ async def _http_client(llm: LlmSettings) -> AsyncIterator[httpx.AsyncClient]:
         await client.aclose()
 
 
+def _longest_request_seconds(policy: RetryPolicy) -> float:
+    """How long one request can take: every provider attempt at its deadline, the longest
+    wait between them, and room for the store's own timeouts and retries."""
+    waits = max(policy.retry_after_cap, policy.backoff_cap)
+    return (policy.max_retries + 1) * policy.timeout_seconds + policy.max_retries * waits + 20
+
+
 def _store_kind(redis: RedisSettings) -> str:
     return "memory" if redis.url == MEMORY_URL else "redis"
 
@@ -159,6 +166,8 @@ class Container(containers.DeclarativeContainer):
         language_model,
         max_message_chars=settings.provided.history.max_message_chars,
         system_prompt=llm.system_prompt,
+        receipts=history,
+        in_flight_seconds=providers.Callable(_longest_request_seconds, retry_policy),
     )
     show_history = providers.Singleton(ShowHistory, history)
     delete_history = providers.Singleton(DeleteHistory, history)

@@ -1,17 +1,17 @@
 """Routes. Handlers translate HTTP to use-case calls and back; the rules live in application/."""
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, HeaderParameter, JSONBody
 from litestar.response import Response
 
 from application.errors import HistoryUnavailable
-from application.send_message import Reply
+from domain.idempotency import IDEMPOTENCY_KEY_MAX_LENGTH, Reply
 from domain.message import Message
 from entrypoints.container import Services
 from entrypoints.http.errors import Problem, problem
@@ -43,6 +43,10 @@ _COMMON = {
 }
 _SEND = {
     **_COMMON,
+    409: _spec(
+        "The Idempotency-Key was used for a different request, or its first request is "
+        "still in progress"
+    ),
     413: _spec("Request body over 1 MiB"),
     502: _spec("The model's provider failed or answered something unusable; nothing was stored"),
     504: _spec("The model's provider timed out; nothing was stored"),
@@ -73,9 +77,26 @@ class ChatController(Controller):
         data: JSONBody[ChatRequest],
         namespace: NamedDependency[str],
         services: NamedDependency[Services],
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Idempotency-Key",
+                required=False,
+                min_length=1,
+                max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
+                description=(
+                    "Makes a retry safe: a request repeated with the same key (and token) "
+                    "within 24 h gets the first reply with 200, without asking the model or "
+                    "storing again; while the first is in flight the repeat waits for it. "
+                    "The same key with a different body is a 409."
+                ),
+            ),
+        ] = None,
     ) -> Reply:
         """A missing, null or blank session_id starts a new session; the reply names it."""
-        return await services.send_message.execute(namespace, data.session_id, data.message)
+        return await services.send_message.execute(
+            namespace, data.session_id, data.message, idempotency_key
+        )
 
     @get(
         "/{session_id:str}",

@@ -5,10 +5,17 @@ from typing import Any
 
 import msgspec
 from litestar import MediaType, Request, Response
+from litestar.enums import ParamType
 from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.types import ExceptionHandlersMap
 
-from application.errors import HistoryUnavailable, ModelTimeout, ModelUnavailable, SessionNotFound
+from application.errors import (
+    HistoryUnavailable,
+    IdempotencyConflict,
+    ModelTimeout,
+    ModelUnavailable,
+    SessionNotFound,
+)
 from domain.errors import InvalidInput
 
 log = logging.getLogger("chat.http")
@@ -28,15 +35,18 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> 
 def _validation_detail(error: ValidationException) -> str:
     """Litestar puts the reason (e.g. "Expected `str`, got `int` - at `$.message`") in extra."""
     reasons = []
+    in_body = True
     for item in error.extra if isinstance(error.extra, list) else []:
         if isinstance(item, dict) and item.get("key") == "data" and item.get("message") == "'data'":
             return 'request body is empty; send JSON like {"message": "Hello"}'
         if isinstance(item, dict) and item.get("message"):
             where = item.get("key")
+            if item.get("source") == ParamType.HEADER:  # the header's name, not the parameter's
+                in_body, where = False, f"header {str(where).replace('_', '-').title()}"
             reasons.append(f"{item['message']}" + (f" ({where})" if where else ""))
     if not reasons:
         return error.detail
-    return "invalid request body: " + "; ".join(reasons)
+    return f"invalid request{' body' if in_body else ''}: " + "; ".join(reasons)
 
 
 def _http_exception(_: Request[Any, Any, Any], error: HTTPException) -> Response[Problem]:
@@ -63,6 +73,10 @@ def _not_found(_: Request[Any, Any, Any], error: SessionNotFound) -> Response[Pr
     return problem(404, str(error))
 
 
+def _conflict(_: Request[Any, Any, Any], error: IdempotencyConflict) -> Response[Problem]:
+    return problem(409, str(error))
+
+
 def _store_down(request: Request[Any, Any, Any], error: HistoryUnavailable) -> Response[Problem]:
     log.warning("%s %s: %s (%r)", request.method, request.url.path, error, error.__cause__)
     return problem(503, f"{error}; try again shortly", {"Retry-After": "1"})
@@ -86,6 +100,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     RecursionError: _unreadable_body,
     InvalidInput: _invalid_input,
     SessionNotFound: _not_found,
+    IdempotencyConflict: _conflict,
     HistoryUnavailable: _store_down,
     ModelUnavailable: _model_failed,
     Exception: _unexpected,

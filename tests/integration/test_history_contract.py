@@ -14,7 +14,8 @@ from redis.asyncio import Redis
 
 from adapters.memory_history import MemoryHistory
 from adapters.redis_history import RedisHistory
-from application.ports import ChatHistory
+from application.ports import ChatHistory, RequestReceipts
+from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, Reply
 from domain.message import Message
 from domain.session import SessionKey
 
@@ -56,9 +57,9 @@ def memory_store() -> HistoryStore:
 
 def redis_store(client: Redis) -> HistoryStore:
     async def advance(seconds: float) -> None:
-        # Redis cannot be told the time, so shorten every history's remaining TTL by as
-        # much: what Redis holds after that much time (a non-positive PEXPIRE deletes).
-        async for name in client.scan_iter(match=f"{PREFIX}:history:*"):
+        # Redis cannot be told the time, so shorten every key's remaining TTL by as much:
+        # what Redis holds after that much time (a non-positive PEXPIRE deletes).
+        async for name in client.scan_iter(match=f"{PREFIX}:*"):
             remaining = await client.pttl(name)
             if remaining >= 0:
                 await client.pexpire(name, remaining - int(seconds * 1000))
@@ -201,3 +202,72 @@ async def test_concurrent_exchanges_keep_each_answer_after_its_question(
 
 async def test_ping_answers(store: HistoryStore) -> None:
     await store.make(10, 60).ping()
+
+
+# --- receipts of requests made with an Idempotency-Key ---------------------------------------
+
+PENDING = Receipt("public", "key-1", "fingerprint-1")
+
+
+def receipts_of(history: ChatHistory) -> RequestReceipts:
+    assert isinstance(history, RequestReceipts)
+    return history
+
+
+def done(pending: Receipt, text: str) -> Receipt:
+    return Receipt(pending.namespace, pending.key, pending.fingerprint, Reply("s-1", text))
+
+
+async def test_a_claim_is_held_until_released(store: HistoryStore) -> None:
+    receipts = receipts_of(store.make(10, 60))
+
+    assert await receipts.claim(PENDING, ttl_seconds=60) is None
+    assert await receipts.claim(Receipt("public", "key-1", "other"), ttl_seconds=60) == PENDING
+    await receipts.release(PENDING)
+    assert await receipts.claim(PENDING, ttl_seconds=60) is None
+
+
+async def test_an_abandoned_claim_expires(store: HistoryStore) -> None:
+    receipts = receipts_of(store.make(10, 60))
+    await receipts.claim(PENDING, ttl_seconds=30)
+
+    await store.advance(31)
+
+    assert await receipts.claim(PENDING, ttl_seconds=30) is None
+
+
+async def test_a_completed_receipt_is_written_with_its_exchange_and_kept_a_day(
+    store: HistoryStore,
+) -> None:
+    history = store.make(10, 0)
+    receipts = receipts_of(history)
+    await receipts.claim(PENDING, ttl_seconds=60)
+    question, answer = exchange(1)
+
+    assert await history.append_exchange(KEY, question, answer, done(PENDING, "answer 1")) is None
+
+    assert await receipts.claim(PENDING, ttl_seconds=60) == done(PENDING, "answer 1")
+    await receipts.release(PENDING)  # a completed receipt is never released
+    await store.advance(RECEIPT_TTL_SECONDS - 60)
+    assert await receipts.claim(PENDING, ttl_seconds=60) == done(PENDING, "answer 1")
+    await store.advance(61)
+    assert await receipts.claim(PENDING, ttl_seconds=60) is None
+    assert await history.load(KEY) == [question, answer]
+
+
+async def test_an_answered_request_is_never_appended_twice(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    first, second = exchange(1), exchange(2)
+    await history.append_exchange(KEY, *first, done(PENDING, "answer 1"))
+
+    earlier = await history.append_exchange(KEY, *second, done(PENDING, "answer 2"))
+
+    assert earlier == Reply("s-1", "answer 1")
+    assert await history.load(KEY) == list(first)
+
+
+async def test_receipts_are_per_namespace(store: HistoryStore) -> None:
+    receipts = receipts_of(store.make(10, 60))
+    await receipts.claim(PENDING, ttl_seconds=60)
+
+    assert await receipts.claim(Receipt("other", "key-1", "fingerprint-1"), 60) is None

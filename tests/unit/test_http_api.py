@@ -30,7 +30,9 @@ class DownHistory(MemoryHistory):
     async def load(self, key: SessionKey) -> list[Message]:
         raise HistoryUnavailable("the history store is unavailable")
 
-    async def append_exchange(self, key: SessionKey, question: Message, answer: Message) -> None:
+    async def append_exchange(
+        self, key: SessionKey, question: Message, answer: Message, receipt: object = None
+    ) -> None:
         raise HistoryUnavailable("the history store is unavailable")
 
     async def ping(self) -> None:
@@ -217,7 +219,10 @@ async def test_rate_limit_is_per_token_with_retry_after(model: ScriptedModel) ->
 async def test_openapi_documents_the_contract(client: Client) -> None:
     document = (await client.get("/schema/openapi.json")).json()
     post = document["paths"]["/chat"]["post"]
-    assert {"200", "400", "413", "502", "503", "504"} <= set(post["responses"])
+    assert {"200", "400", "409", "413", "502", "503", "504"} <= set(post["responses"])
+    headers = {p["name"]: p for p in post["parameters"] if p["in"] == "header"}
+    assert headers["Idempotency-Key"]["required"] is False
+    assert "24 h" in headers["Idempotency-Key"]["description"]
     schemas = document["components"]["schemas"]
     assert {"message", "session_id"} <= set(schemas["ChatRequest"]["properties"])
     assert "/chat/{session_id}" in document["paths"]
@@ -233,3 +238,37 @@ async def test_without_tokens_the_rate_limit_counts_per_client_address(
         statuses.append((await client.post("/chat/", json={"message": "hi"})).status_code)
         assert statuses == [200, 404, 429]
         assert (await client.get("/health")).status_code == 200  # not rate limited
+
+
+async def test_an_idempotency_key_makes_a_repeat_return_the_first_reply(
+    client: Client, model: ScriptedModel
+) -> None:
+    body = {"session_id": "once", "message": "charge my card"}
+    headers = {"Idempotency-Key": "order-17"}
+
+    first = await client.post("/chat/", json=body, headers=headers)
+    repeat = await client.post("/chat/", json=body, headers=headers)
+    other = await client.post("/chat/", json={**body, "message": "twice"}, headers=headers)
+
+    assert first.status_code == repeat.status_code == 200
+    assert repeat.json() == first.json()
+    assert other.status_code == 409
+    assert "different request" in other.json()["detail"]
+    assert len(model.seen) == 1
+    history = (await client.get("/chat/once")).json()["messages"]
+    assert [m["content"] for m in history] == ["charge my card", "reply-1: charge my card"]
+
+
+@pytest.mark.parametrize("key", ["", "k" * 129, "café", "tab\there"])
+async def test_a_bad_idempotency_key_is_a_400_that_says_so(
+    client: Client, model: ScriptedModel, key: str
+) -> None:
+    response = await client.post(
+        "/chat/",
+        json={"message": "hi"},
+        headers={"Idempotency-Key": key.encode()},
+    )
+
+    assert response.status_code == 400
+    assert "idempotency-key" in response.json()["detail"].lower()
+    assert model.seen == []

@@ -1,0 +1,55 @@
+"""Retried requests: the Idempotency-Key rules and the receipt a request leaves behind."""
+
+import hashlib
+import re
+
+import msgspec
+
+from domain.errors import InvalidInput
+
+IDEMPOTENCY_KEY_MAX_LENGTH = 128
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,128}")
+
+# How long a completed request is remembered: a repeat within this returns its reply.
+RECEIPT_TTL_SECONDS = 24 * 3600
+
+
+class InvalidIdempotencyKey(InvalidInput):
+    pass
+
+
+class Reply(msgspec.Struct, frozen=True):
+    """What a client is answered for a message."""
+
+    session_id: str
+    response: str
+
+
+class Receipt(msgspec.Struct, frozen=True):
+    """A request made with an Idempotency-Key, scoped to its caller's namespace.
+
+    `reply` is None while the first request with this key is still in flight. The
+    fingerprint tells a true repeat from a different request that reuses the key.
+    """
+
+    namespace: str
+    key: str
+    fingerprint: str
+    reply: Reply | None = None
+
+
+def parse_idempotency_key(raw: str) -> str:
+    """1-128 printable ASCII characters, surrounding white space ignored."""
+    key = raw.strip()
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InvalidIdempotencyKey(
+            f"Idempotency-Key must be 1-{IDEMPOTENCY_KEY_MAX_LENGTH} printable ASCII characters"
+        )
+    return key
+
+
+def fingerprint(session_id: str | None, message: str) -> str:
+    """What makes two requests the same: the session they name (blank = a new one) and the
+    message, exactly as sent."""
+    session = (session_id or "").strip()
+    return hashlib.sha256(msgspec.msgpack.encode((session, message))).hexdigest()
