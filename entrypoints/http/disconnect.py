@@ -8,9 +8,12 @@ history as it was, since the exchange is only written after the model answered.
 
 import asyncio
 import contextlib
+import logging
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
+
+log = logging.getLogger("chat.http")
 
 
 def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
@@ -27,24 +30,12 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
             return
         handler = asyncio.current_task()
         assert handler is not None
-        body_read = asyncio.Event()
         responding = False
         cancelled_by_us = False
-
-        async def receive_body() -> ReceiveMessage:
-            message = await receive()
-            if message["type"] != "http.request" or not message.get("more_body", False):
-                body_read.set()
-            return message
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal responding
-            responding = True
-            await send(message)
+        watcher: asyncio.Task[None] | None = None
 
         async def watch() -> None:
             nonlocal cancelled_by_us
-            await body_read.wait()
             # Returns at disconnect, or once the response is complete (uvicorn then also
             # reports a disconnect; `responding` tells the two apart).
             message = await receive()
@@ -52,16 +43,29 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
                 cancelled_by_us = True
                 handler.cancel()
 
-        watcher = asyncio.create_task(watch())
+        async def receive_body() -> ReceiveMessage:
+            nonlocal watcher
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                watcher = watcher or asyncio.create_task(watch())
+            return message
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal responding
+            responding = True
+            await send(message)
+
         try:
             await app(scope, receive_body, send_tracked)
         except asyncio.CancelledError:
             if not cancelled_by_us:
                 raise
             handler.uncancel()  # the client is gone: nothing to answer, nothing to re-raise
+            log.info("%s %s: the client hung up; request cancelled", scope["method"], scope["path"])
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
 
     return middleware
