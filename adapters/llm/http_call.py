@@ -59,6 +59,14 @@ async def _read_capped(response: httpx.Response, limit: int, provider: str) -> b
     return bytes(body)
 
 
+def _unlink(response: httpx.Response) -> None:
+    """Break the cycle between a closed response and its stream (httpx's BoundAsyncStream
+    points back at the response). In that cycle the connection's read-ahead buffers, several
+    MiB under uvloop for a refused oversized answer, would wait for a full garbage collection
+    instead of being freed at once."""
+    response.stream = httpx.ByteStream(b"")
+
+
 async def post_json(
     client: httpx.AsyncClient,
     url: str,
@@ -77,6 +85,7 @@ async def post_json(
     headers = {"content-type": "application/json", **headers}
     for attempt in range(policy.max_retries + 1):
         last = attempt == policy.max_retries
+        response: httpx.Response | None = None
         try:
             async with asyncio.timeout(policy.timeout_seconds):
                 async with client.stream("POST", url, content=body, headers=headers) as response:
@@ -102,6 +111,9 @@ async def post_json(
             raise ModelUnavailable(
                 f"{provider} answered something unreadable ({type(error).__name__})"
             ) from error
+        finally:
+            if response is not None:
+                _unlink(response)
         if last:
             raise ModelUnavailable(failure)
         log.warning("%s; retry %d of %d in %.2fs", failure, attempt + 1, policy.max_retries, delay)
@@ -112,7 +124,7 @@ async def post_json(
 def decode_answer(decoder: msgspec.json.Decoder[T], body: bytes, provider: str) -> T:
     try:
         return decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as error:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as error:
         raise ModelUnavailable(f"{provider} answered something unusable: {error}") from error
 
 

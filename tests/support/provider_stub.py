@@ -3,6 +3,10 @@
 Built on asyncio.start_server, so a test decides every byte and every pause: each request is
 answered by the next planned Reply, or by `default` once the plan runs out. A Reply's `kind`
 selects how it misbehaves; a new fault is a new kind handled in `_send`.
+
+The stub also shows what its client does: `open_connections` and `replying` right now, and in
+`abandoned` every connection the client closed before its reply was completely sent, with the
+time, so a test can see a caller give up on (cancel) a provider call and release its connection.
 """
 
 import asyncio
@@ -14,6 +18,7 @@ import socket
 import ssl
 import struct
 import threading
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -49,10 +54,32 @@ class RecordedRequest:
     headers: dict[str, str]  # names lower-cased
     body: bytes
     connection: int  # the n-th connection the stub accepted, to see keep-alive at work
+    received_at: float = 0.0  # time.monotonic() once the request head was read
 
     @property
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+# before-headers: during the reply's delay (or a no_headers reply). during-body: after the status
+# line, before the last byte of the body.
+Phase = Literal["before-headers", "during-body"]
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """A connection its client closed while the stub still owed it (part of) a reply."""
+
+    connection: int  # as in RecordedRequest.connection
+    received_at: float  # time.monotonic() when the unanswered request arrived
+    closed_at: float  # time.monotonic() when the stub saw the connection closed
+    phase: Phase
+
+
+class _ClientLeft(Exception):
+    def __init__(self, phase: Phase) -> None:
+        super().__init__(phase)
+        self.phase = phase
 
 
 def json_reply(
@@ -127,11 +154,29 @@ class ProviderStub:
     def __init__(self, default: Reply = NOTHING_PLANNED) -> None:
         self.default = default
         self.requests: list[RecordedRequest] = []
+        self.abandoned: list[Abandoned] = []
         self._planned: deque[Reply] = deque()
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._connections = 0
+        self._open = 0
+        self._replying = 0
         self.url = ""
+
+    @property
+    def planned(self) -> int:
+        """Planned replies not yet asked for."""
+        return len(self._planned)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections accepted and not yet closed by either side."""
+        return self._open
+
+    @property
+    def replying(self) -> int:
+        """Requests whose reply is not yet complete (in its delay, or its body being sent)."""
+        return self._replying
 
     def plan(self, *replies: Reply) -> None:
         """Answer the next requests with these replies, in order, then with `default`."""
@@ -141,6 +186,7 @@ class ProviderStub:
         """Forget planned replies and recorded requests, for a stub shared by several tests."""
         self._planned.clear()
         self.requests.clear()
+        self.abandoned.clear()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -162,19 +208,32 @@ class ProviderStub:
         assert task is not None
         self._handlers.add(task)
         self._connections += 1
+        self._open += 1
         connection = self._connections
         try:
             while request := await _read_request(reader, connection):
                 self.requests.append(request)
                 reply = self._planned.popleft() if self._planned else self.default
-                if not await _send(reply, reader, writer):
+                self._replying += 1
+                try:
+                    if not await _send(reply, reader, writer):
+                        break
+                except _ClientLeft as left:
+                    self.abandoned.append(
+                        Abandoned(connection, request.received_at, time.monotonic(), left.phase)
+                    )
                     break
+                finally:
+                    self._replying -= 1
                 if request.headers.get("connection", "").lower() == "close":
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass  # the client hung up; that is its right
+        except asyncio.CancelledError:
+            pass  # stop(); ending normally keeps Python 3.11's stream callback from logging it
         finally:
             self._handlers.discard(task)
+            self._open -= 1
             writer.close()
 
 
@@ -185,6 +244,7 @@ async def _read_request(reader: asyncio.StreamReader, connection: int) -> Record
         if error.partial:
             raise
         return None  # the client closed an idle keep-alive connection
+    received_at = time.monotonic()
     request_line, *header_lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
     method, path, _version = request_line.split(" ", 2)
     headers = {}
@@ -192,16 +252,50 @@ async def _read_request(reader: asyncio.StreamReader, connection: int) -> Record
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
     body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return RecordedRequest(method, path, headers, body, connection)
+    return RecordedRequest(method, path, headers, body, connection, received_at)
+
+
+# How often a pausing stub looks whether its client has gone: the precision of closed_at.
+_WATCH_INTERVAL = 0.02
+
+
+def _client_gone(reader: asyncio.StreamReader) -> bool:
+    """The client closed or reset its end. (A client that only half-closes after its request
+    counts as gone too; HTTP clients do not do that.)"""
+    return reader.at_eof() or reader.exception() is not None
+
+
+async def _pause(reader: asyncio.StreamReader, seconds: float) -> None:
+    """Sleep, watching the connection without reading from it: raise _ClientLeft as soon as
+    the client has gone, not when the pause is over."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        if _client_gone(reader):
+            raise _ClientLeft("before-headers")
+        await asyncio.sleep(min(left, _WATCH_INTERVAL))
 
 
 async def _send(reply: Reply, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-    """Write `reply`; False when the connection cannot carry another exchange."""
-    if reply.delay:
-        await asyncio.sleep(reply.delay)
-    if reply.kind == "no_headers":
-        await reader.read()  # returns at EOF: when the client gives up
-        return False
+    """Write `reply`; False when the connection cannot carry another exchange. Raises
+    _ClientLeft when the client closes the connection before the reply is complete."""
+    try:
+        if reply.delay:
+            await _pause(reader, reply.delay)
+        if reply.kind == "no_headers":
+            await reader.read()  # returns at EOF: when the client gives up
+            raise _ClientLeft("before-headers")
+        if _client_gone(reader):
+            raise _ClientLeft("before-headers")
+    except ConnectionError:
+        raise _ClientLeft("before-headers") from None
+    try:
+        return await _write(reply, reader, writer)
+    except ConnectionError:
+        raise _ClientLeft("during-body") from None
+
+
+async def _write(reply: Reply, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
     headers = {name.lower(): value for name, value in reply.headers.items()}
     if reply.chunked:
         headers["transfer-encoding"] = "chunked"
@@ -227,11 +321,16 @@ async def _send(reply: Reply, reader: asyncio.StreamReader, writer: asyncio.Stre
     else:
         pieces = [body]
     for piece in pieces:
+        if _client_gone(reader):
+            raise _ClientLeft("during-body")
         if piece:
             writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if reply.chunked else piece)
             await writer.drain()
         if reply.kind == "trickle":
-            await asyncio.sleep(reply.chunk_interval)
+            try:
+                await _pause(reader, reply.chunk_interval)
+            except _ClientLeft:
+                raise _ClientLeft("during-body") from None
     if reply.chunked:
         writer.write(b"0\r\n\r\n")
     await writer.drain()
