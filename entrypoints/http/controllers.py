@@ -7,19 +7,42 @@ from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
-from litestar.params import FromPath, HeaderParameter, JSONBody
+from litestar.params import HeaderParameter, JSONBody, Parameter, PathParameter
 from litestar.response import Response
 
 from application.errors import HistoryUnavailable
 from domain.idempotency import IDEMPOTENCY_KEY_MAX_LENGTH, Reply
 from domain.message import Message
+from domain.session import SESSION_ID_ALPHABET, SESSION_ID_MAX_LENGTH, WHITESPACE
 from entrypoints.container import Services
 from entrypoints.http.errors import Problem, problem
 
+# The domain's rules, stated in the OpenAPI document so that a client built from it never
+# sends what it calls valid and gets a 400; the domain enforces them and says what is wrong.
+_SPACE = f"[{WHITESPACE}]*"
+_ID = f"[{SESSION_ID_ALPHABET}]{{1,{SESSION_ID_MAX_LENGTH}}}"
+_ID_RULE = f"1-{SESSION_ID_MAX_LENGTH} characters of A-Z a-z 0-9 . _ : - after stripping"
+SessionIdInPath = Annotated[
+    str, PathParameter(description=_ID_RULE, schema_extra={"pattern": f"^{_SPACE}{_ID}{_SPACE}$"})
+]
+
 
 class ChatRequest(msgspec.Struct):
-    message: str
-    session_id: str | None = None
+    message: Annotated[
+        str,
+        Parameter(
+            min_length=1,
+            description="Not blank; at most [history] max_message_chars characters",
+            schema_extra={"pattern": f"[^{WHITESPACE}]"},
+        ),
+    ]
+    session_id: Annotated[
+        str | None,
+        Parameter(
+            description=f"{_ID_RULE}; missing, null or blank starts a new session",
+            schema_extra={"pattern": f"^{_SPACE}({_ID}{_SPACE})?$"},
+        ),
+    ] = None
 
 
 class HistoryView(msgspec.Struct):
@@ -32,7 +55,7 @@ class Status(msgspec.Struct):
 
 
 def _spec(description: str) -> ResponseSpec:
-    return ResponseSpec(data_container=Problem, description=description)
+    return ResponseSpec(data_container=Problem, description=description, generate_examples=False)
 
 
 _COMMON = {
@@ -84,6 +107,7 @@ class ChatController(Controller):
                 required=False,
                 min_length=1,
                 max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
+                pattern=r"^[\x20-\x7e]*$",
                 description=(
                     "Makes a retry safe: a request repeated with the same key (and token) "
                     "within 24 h gets the first reply with 200, without asking the model or "
@@ -105,7 +129,7 @@ class ChatController(Controller):
     )
     async def show(
         self,
-        session_id: FromPath[str],
+        session_id: SessionIdInPath,
         namespace: NamedDependency[str],
         services: NamedDependency[Services],
     ) -> HistoryView:
@@ -115,7 +139,7 @@ class ChatController(Controller):
     @delete("/{session_id:str}", status_code=204, responses=_COMMON, summary="Forget a session")
     async def forget(
         self,
-        session_id: FromPath[str],
+        session_id: SessionIdInPath,
         namespace: NamedDependency[str],
         services: NamedDependency[Services],
     ) -> None:
@@ -131,7 +155,10 @@ async def health() -> Status:
     "/ready",
     summary="Readiness: the history store answers",
     tags=["operations"],
-    responses={503: _spec("A component is not ready; detail names it")},
+    responses={
+        200: ResponseSpec(data_container=Status, description="The history store answers"),
+        503: _spec("A component is not ready; detail names it"),
+    },
     dependencies={"services": Provide(_services, sync_to_thread=False)},
 )
 async def ready(services: NamedDependency[Services]) -> Response[Status] | Response[Problem]:
