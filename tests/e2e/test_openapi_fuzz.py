@@ -41,8 +41,9 @@ CONTRACT_CHECKS = (
     "ignored_auth",  # the same request without a token, or with a wrong one, is a 401
     "unsupported_method",  # an undocumented method is a 405
 )
-# The document states the service's rules: what it calls valid is accepted, and the Allow
-# header of an OPTIONS answer names the methods it documents.
+# The document states the service's rules: what it calls valid is accepted. Not checked:
+# allow_header_conformance, since Litestar 2's own OPTIONS answer on a path with several
+# handlers names only one of them (litestar-org/litestar#4169, fixed in 3.x).
 DOCUMENTATION_CHECKS = ("positive_data_acceptance",)
 
 
