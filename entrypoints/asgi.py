@@ -66,6 +66,9 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
     return Litestar(
         route_handlers=[chat, health, ready],
         lifespan=[lifespan],
+        # configure_logging()'s plain handler, not Litestar's queue handler: its thread is
+        # never drained in a worker ended by uvicorn's re-raised SIGTERM, losing last lines.
+        logging_config=None,
         middleware=[cancel_on_disconnect],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
