@@ -64,11 +64,15 @@ class MemoryHistory:
             self._keep_receipt(receipt, RECEIPT_TTL_SECONDS)
         return None
 
-    async def claim(self, pending: Receipt, ttl_seconds: int) -> Receipt | None:
+    async def claim(self, pending: Receipt, ttl_seconds: float) -> Receipt | None:
         held = self._receipt(pending)
         if held is None:
             self._keep_receipt(pending, ttl_seconds)
         return held
+
+    async def extend(self, pending: Receipt, ttl_seconds: float) -> None:
+        if self._receipt(pending) == pending:
+            self._keep_receipt(pending, ttl_seconds)
 
     async def release(self, pending: Receipt) -> None:
         if self._receipt(pending) == pending:

@@ -42,8 +42,13 @@ return 1
 _CLAIM = """
 local held = redis.call('GET', KEYS[1])
 if held then return held end
-redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return false
+"""
+
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
 """
 
 _RELEASE = """
@@ -54,6 +59,10 @@ return 0
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple[Role, str, datetime]).decode
 _decode_receipt = msgspec.msgpack.Decoder(Receipt).decode
+
+
+def _milliseconds(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
 
 
 def _stored_receipt(receipt: Receipt) -> bytes:
@@ -76,6 +85,7 @@ class RedisHistory:
         self._append = client.register_script(_APPEND_EXCHANGE)
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
+        self._extend = client.register_script(_EXTEND)
 
     def _key(self, key: SessionKey) -> str:
         return f"{self._prefix}{key.namespace}:{key.session_id}"
@@ -118,14 +128,20 @@ class RedisHistory:
             raise HistoryUnavailable("the history store is unavailable") from error
         return _decode_receipt(result[1:]).reply if isinstance(result, bytes) else None
 
-    async def claim(self, pending: Receipt, ttl_seconds: int) -> Receipt | None:
+    async def claim(self, pending: Receipt, ttl_seconds: float) -> Receipt | None:
+        args: list[bytes | int] = [_stored_receipt(pending), _milliseconds(ttl_seconds)]
         try:
-            held = await self._claim(
-                keys=[self._receipt_key(pending)], args=[_stored_receipt(pending), ttl_seconds]
-            )
+            held = await self._claim(keys=[self._receipt_key(pending)], args=args)
         except RedisError as error:
             raise HistoryUnavailable("the history store is unavailable") from error
         return None if held is None else _decode_receipt(held[1:])
+
+    async def extend(self, pending: Receipt, ttl_seconds: float) -> None:
+        args: list[bytes | int] = [_stored_receipt(pending), _milliseconds(ttl_seconds)]
+        try:
+            await self._extend(keys=[self._receipt_key(pending)], args=args)
+        except RedisError as error:
+            raise HistoryUnavailable("the history store is unavailable") from error
 
     async def release(self, pending: Receipt) -> None:
         try:

@@ -52,9 +52,13 @@ class RequestReceipts(Protocol):
     """Receipts of requests made with an Idempotency-Key. The history store keeps them, since
     a completed receipt is written in the same atomic step as its exchange."""
 
-    async def claim(self, pending: Receipt, ttl_seconds: int) -> Receipt | None:
-        """Record `pending` (a receipt without reply) unless a receipt for the same request is
-        there: return that one instead. None means the caller now owns the request."""
+    async def claim(self, pending: Receipt, ttl_seconds: float) -> Receipt | None:
+        """Record `pending` (a receipt without reply) for ttl_seconds, unless a receipt for the
+        same request is there: return that one instead. None: the caller owns the request."""
+        ...
+
+    async def extend(self, pending: Receipt, ttl_seconds: float) -> None:
+        """Keep a claim for another ttl_seconds, if `pending` still holds it."""
         ...
 
     async def release(self, pending: Receipt) -> None:

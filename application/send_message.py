@@ -33,7 +33,9 @@ class SendMessage:
       and message) within 24 h gets the first reply without asking the model or storing
       again; while the first is in flight, a repeat waits for it (at most `in_flight_seconds`,
       how long a request can take). The same key with another request is a conflict. A
-      request that failed leaves no receipt: its repeat runs again.
+      request that failed leaves no receipt: its repeat runs again. A request holds its key
+      on a short lease it renews while it runs, so the key of a request whose process died
+      (or whose release failed with the store) is free again within one lease.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class SendMessage:
         clock: Clock = utc_now,
         receipts: RequestReceipts | None = None,
         in_flight_seconds: float = 300.0,
+        lease_seconds: float = 10.0,
     ) -> None:
         self._history = history
         self._model = model
@@ -54,6 +57,7 @@ class SendMessage:
         self._clock = clock
         self._receipts = receipts
         self._in_flight_seconds = in_flight_seconds
+        self._lease_seconds = lease_seconds
 
     async def execute(
         self,
@@ -72,13 +76,16 @@ class SendMessage:
         earlier = await self._claim(self._receipts, pending)
         if earlier is not None:
             return earlier
+        lease = asyncio.create_task(self._renew(self._receipts, pending))
         try:
             return await self._answer(key, question, pending)
         except BaseException:
-            # Failures are not remembered; if the store is down the claim simply expires.
+            # Failures are not remembered; if the store is down the lease simply runs out.
             with contextlib.suppress(HistoryUnavailable):
                 await self._receipts.release(pending)
             raise
+        finally:
+            lease.cancel()
 
     async def _answer(
         self, key: SessionKey, question: Message, pending: Receipt | None = None
@@ -97,7 +104,7 @@ class SendMessage:
         deadline = time.monotonic() + self._in_flight_seconds
         pause = 0.02
         while True:
-            held = await receipts.claim(pending, ttl_seconds=int(self._in_flight_seconds) + 1)
+            held = await receipts.claim(pending, ttl_seconds=self._lease_seconds)
             if held is None:
                 return None
             if held.fingerprint != pending.fingerprint:
@@ -113,3 +120,9 @@ class SendMessage:
                 )
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.5)
+
+    async def _renew(self, receipts: RequestReceipts, pending: Receipt) -> None:
+        while True:
+            await asyncio.sleep(self._lease_seconds / 3)
+            with contextlib.suppress(HistoryUnavailable):
+                await receipts.extend(pending, ttl_seconds=self._lease_seconds)

@@ -271,3 +271,17 @@ async def test_receipts_are_per_namespace(store: HistoryStore) -> None:
     await receipts.claim(PENDING, ttl_seconds=60)
 
     assert await receipts.claim(Receipt("other", "key-1", "fingerprint-1"), 60) is None
+
+
+async def test_a_claim_extended_by_its_holder_outlives_its_first_ttl(store: HistoryStore) -> None:
+    receipts = receipts_of(store.make(10, 60))
+    await receipts.claim(PENDING, ttl_seconds=10)
+
+    await store.advance(8)
+    await receipts.extend(PENDING, ttl_seconds=10)
+    await receipts.extend(Receipt("public", "key-1", "not the holder"), ttl_seconds=1000)
+    await store.advance(8)
+
+    assert await receipts.claim(PENDING, ttl_seconds=10) == PENDING
+    await store.advance(3)
+    assert await receipts.claim(PENDING, ttl_seconds=10) is None

@@ -1,6 +1,7 @@
 """SendMessage with an Idempotency-Key: a retried request is answered once, stored once."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -8,7 +9,7 @@ from adapters.memory_history import MemoryHistory
 from application.errors import IdempotencyConflict, ModelUnavailable
 from application.send_message import SendMessage
 from domain.errors import InvalidInput
-from domain.idempotency import RECEIPT_TTL_SECONDS
+from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, fingerprint
 from domain.session import SessionKey
 from tests.unit.fakes import ScriptedModel, unavailable
 
@@ -186,3 +187,36 @@ async def test_a_bad_key_is_refused_before_anything_is_asked(
         await send.execute("ns", "s", "hello", key)
 
     assert model.seen == []
+
+
+async def test_a_key_held_by_a_request_whose_process_died_is_free_within_a_lease(
+    model: ScriptedModel,
+) -> None:
+    history = MemoryHistory(max_messages=50, ttl_seconds=0)  # the real clock, leases run out
+    send = SendMessage(history, model, max_message_chars=100, receipts=history, lease_seconds=0.3)
+    died = Receipt("ns", "key-1", fingerprint("s", "hello"))
+    assert await history.claim(died, ttl_seconds=0.3) is None  # and nobody renews it
+
+    started = time.monotonic()
+    reply = await send.execute("ns", "s", "hello", "key-1")
+
+    assert reply.response == "reply-1: hello"
+    assert 0.2 < time.monotonic() - started < 2.0
+
+
+async def test_a_request_keeps_its_key_while_it_runs_longer_than_a_lease(
+    model: ScriptedModel,
+) -> None:
+    history = MemoryHistory(max_messages=50, ttl_seconds=0)
+    send = SendMessage(history, model, max_message_chars=100, receipts=history, lease_seconds=0.2)
+    model.gate = asyncio.Event()
+    first = asyncio.create_task(send.execute("ns", "s", "hello", "key-1"))
+    await asyncio.sleep(0.7)  # several leases long
+    repeat = asyncio.create_task(send.execute("ns", "s", "hello", "key-1"))
+    await asyncio.sleep(0.1)
+    assert not repeat.done()
+
+    model.gate.set()
+
+    assert await first == await repeat
+    assert len(model.seen) == 1
