@@ -142,6 +142,27 @@ def worker_pids(pid: int) -> list[int]:
     return workers
 
 
+def tcp_connections(pid: int) -> set[tuple[int, int]]:
+    """(local port, remote port) of each established IPv4 TCP connection process pid holds.
+
+    A connection still waiting in a listen queue belongs to nobody yet and is not listed.
+    """
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(int(target[len("socket:[") : -1]))
+    held = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
+        if state == "01" and inode in inodes:  # 01: ESTABLISHED
+            held.add((int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)))
+    return held
+
+
 def alive(pid: int) -> bool:
     """Running, as opposed to ended (or a zombie waiting for its parent)."""
     try:

@@ -14,8 +14,13 @@ import pytest
 import redis
 import redis.asyncio
 
-from tests.e2e.conftest import Service, ServiceLauncher, wait_until, worker_pids
-from tests.e2e.test_load import tcp_connections
+from tests.e2e.conftest import (
+    Service,
+    ServiceLauncher,
+    tcp_connections,
+    wait_until,
+    worker_pids,
+)
 from tests.support.redis_server import RedisServer
 
 WORKERS = 3

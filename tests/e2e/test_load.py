@@ -9,21 +9,26 @@ it, and that worker serves every request sent on the connection.
 import asyncio
 import contextlib
 import json
-import os
 import random
 import re
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 import redis
 
-from tests.e2e.conftest import Service, ServiceLauncher, assert_paired, wait_until, worker_pids
+from tests.e2e.conftest import (
+    Service,
+    ServiceLauncher,
+    assert_paired,
+    tcp_connections,
+    wait_until,
+    worker_pids,
+)
 from tests.support.redis_server import RedisServer
 
 PUBLIC = "public"  # the namespace of every session when auth is off
@@ -97,27 +102,6 @@ class RawConnection:
         self._writer.close()
         with contextlib.suppress(OSError):
             await self._writer.wait_closed()
-
-
-def tcp_connections(pid: int) -> set[tuple[int, int]]:
-    """(local port, remote port) of each established IPv4 TCP connection process pid holds.
-
-    A connection still waiting in a listen queue belongs to nobody yet and is not listed.
-    """
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(int(target[len("socket:[") : -1]))
-    held = set()
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote, state, inode = fields[1], fields[2], fields[3], int(fields[9])
-        if state == "01" and inode in inodes:  # 01: ESTABLISHED
-            held.add((int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)))
-    return held
 
 
 def accepting_workers(service: Service, client_ports: set[int]) -> dict[int, int]:
