@@ -1,0 +1,1 @@
+"""The benchmark of issue 4: `scripts/bench` (see README, Performance)."""

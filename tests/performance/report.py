@@ -1,0 +1,328 @@
+"""A run's results as a table (Markdown, printed and written), JSON and a PNG chart."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Target:
+    scenario: str
+    measure: str
+    value: str
+    goal: str
+    met: bool | None  # None: reported, no target
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def targets(results: dict[str, Any]) -> list[Target]:
+    s = results["scenarios"]
+    found: list[Target] = []
+    if "s1" in s:
+        s1 = s["s1"]
+        over_proxy = s1["chat_over_proxy"]
+        found += [
+            Target(
+                "S1",
+                "/chat/ req/s over bare proxy req/s",
+                _ratio(over_proxy),
+                ">= 0.60x",
+                over_proxy is not None and over_proxy >= 0.6,
+            ),
+            Target("S1", "/chat/ req/s over no-op req/s", _ratio(s1["chat_over_noop"]), "-", None),
+        ]
+    if "s2" in s:
+        s2 = s["s2"]
+        found += [
+            Target(
+                "S2",
+                "added p50 latency",
+                f"{s2['added_p50_ms']:.2f} ms",
+                "<= 1 ms",
+                s2["added_p50_ms"] <= 1.0,
+            ),
+            Target(
+                "S2",
+                "added p99 latency",
+                f"{s2['added_p99_ms']:.2f} ms",
+                "<= 3 ms",
+                s2["added_p99_ms"] <= 3.0,
+            ),
+        ]
+    if "s3" in s:
+        s3 = s["s3"]
+        found += [
+            Target(
+                "S3",
+                f"throughput over ideal {s3['ideal_rps']:g} req/s",
+                f"{s3['throughput_over_ideal']:.2f}x ({s3['steady_rps']:.0f} req/s)",
+                ">= 0.90x",
+                s3["throughput_over_ideal"] >= 0.9,
+            ),
+            Target("S3", "errors", str(s3["errors"]), "0", s3["errors"] == 0),
+            Target("S3", "p99 latency", f"{s3['run']['p99_ms']:.0f} ms", "-", None),
+        ]
+    if "s4" in s:
+        trips = {k: v["redis_round_trips_per_request"] for k, v in s["s4"]["lengths"].items()}
+        found.append(
+            Target(
+                "S4",
+                "Redis round trips per request, history " + "/".join(trips),
+                " / ".join(f"{v:.2f}" for v in trips.values()),
+                "exactly 2",
+                all(abs(v - 2) < 1e-9 for v in trips.values()),
+            )
+        )
+    if "s5" in s:
+        s5 = s["s5"]
+        per_message, goal_bytes = s5["redis_bytes_per_message"], s5["target_bytes_per_message"]
+        rss = s5["service_peak_rss_mib"]
+        found += [
+            Target(
+                "S5",
+                f"Redis bytes per message ({s5['raw_bytes_per_message']} B of text)",
+                f"{per_message:.0f} B",
+                f"<= {goal_bytes:.0f} B",
+                per_message <= goal_bytes,
+            ),
+            Target(
+                "S5",
+                "service peak RSS during S3",
+                "not measured (S3 not run)" if rss is None else f"{rss:.0f} MiB",
+                "< 200 MB",
+                None if rss is None else rss * 1024 * 1024 < 200e6,
+            ),
+        ]
+    return found
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _run_row(scenario: str, name: str, run: dict[str, Any], note: str = "") -> str:
+    errors = str(run["error_count"])
+    if run["error_count"]:
+        errors += " (" + ", ".join(f"{k} {v}" for k, v in run["errors"].items() if v) + ")"
+    return _row(
+        [
+            scenario,
+            name,
+            f"{run['rps']:,.0f}",
+            f"{run['p50_ms']:.2f}",
+            f"{run['p99_ms']:.2f}",
+            errors,
+            note,
+        ]
+    )
+
+
+def _s1_rows(s1: dict[str, Any]) -> list[str]:
+    runs, where = s1["runs"], f"S1 ({s1['connections']} conns)"
+    rows = []
+    for name, label in (("chat", "POST /chat/"), ("proxy", "POST /bench/proxy")):
+        note = f"{runs[name]['provider_body_bytes_per_request']:,.0f} B to provider/request"
+        if name == "chat":
+            note = f"{s1['sessions']} sessions x {s1['history_messages']} msgs; " + note
+        rows.append(_run_row(where, label, runs[name], note))
+    rows.append(_run_row(where, "POST /bench/noop", runs["noop"]))
+    rows.append(_run_row(where, "stub direct", runs["stub"], "the generator's ceiling"))
+    return rows
+
+
+def render(results: dict[str, Any]) -> str:
+    meta, s = results["meta"], results["scenarios"]
+    load = "/".join(f"{x:.1f}" for x in meta["load_average_before"])
+    lines = [
+        f"Benchmark ({meta['mode']} run, {meta['date']}, commit {meta['commit']}"
+        f"{' + local changes' if meta['uncommitted_changes'] else ''})",
+        f"machine: {meta['cpus']} x {meta['cpu_model']}; service pinned to CPU "
+        f"{meta['service_cpus']}; load average before {load}; generator: {meta['generator']}"
+        f"; {meta['plan']['duration']:g} s per run",
+        "",
+        _row(["scenario", "run", "req/s", "p50 ms", "p99 ms", "errors", "notes"]),
+        _row(["---"] * 2 + ["--:"] * 4 + ["---"]),
+    ]
+    if "s1" in s:
+        lines += _s1_rows(s["s1"])
+    if "s2" in s:
+        s2 = s["s2"]
+        lines.append(_run_row("S2 (1 conn)", "POST /chat/", s2["runs"]["chat"]))
+        lines.append(
+            _run_row(
+                "S2 (1 conn)",
+                "stub direct",
+                s2["runs"]["stub"],
+                f"same {s2['provider_request_bytes']:,} B provider request",
+            )
+        )
+    if "s3" in s:
+        s3 = s["s3"]
+        lines.append(
+            _run_row(
+                f"S3 ({s3['clients']} clients)",
+                f"POST /chat/, provider {s3['provider_delay_s']:g} s",
+                dict(s3["run"], rps=s3["steady_rps"]),
+                f"steady-state req/s (ideal {s3['ideal_rps']:g}); "
+                f"peak RSS {s3['service_peak_rss_mib']:.0f} MiB",
+            )
+        )
+    for length, entry in s.get("s4", {}).get("lengths", {}).items():
+        lines.append(
+            _run_row(
+                f"S4 (max_messages {s['s4']['max_messages']})",
+                f"POST /chat/, history {length}",
+                entry["run"],
+                f"{entry['provider_body_bytes_per_request']:,.0f} B to provider/request; "
+                f"{entry['redis_round_trips_per_request']:.2f} Redis round trips/request",
+            )
+        )
+    lines.append("")
+    if "s5" in s:
+        s5 = s["s5"]
+        lines.append(
+            f"S5: {s5['sessions']:,} sessions x {s5['messages_per_session']} messages of "
+            f"{s5['message_chars']} characters: {s5['redis_bytes_per_message']:.0f} B per "
+            f"message in Redis (used_memory delta; MEMORY USAGE says "
+            f"{s5['memory_usage_per_message']:.0f}), stored entry "
+            f"~{s5['stored_entry_bytes_approx']} B."
+        )
+    if "s1" in s:
+        runs = s["s1"]["runs"]
+        lines.append(
+            f"Load generator check: no-op {runs['noop']['rps']:,.0f} req/s and stub direct "
+            f"{runs['stub']['rps']:,.0f} req/s against /chat/ {runs['chat']['rps']:,.0f} req/s."
+        )
+    lines += [
+        "",
+        _row(["scenario", "measure", "value", "target", "met"]),
+        _row(["---", "---", "--:", "--:", "---"]),
+    ]
+    marks = {True: "yes", False: "**NO**", None: "-"}
+    for target in targets(results):
+        lines.append(
+            _row([target.scenario, target.measure, target.value, target.goal, marks[target.met]])
+        )
+    if meta["mode"] != "full" or "NOT wrk" in meta["generator"]:
+        lines += ["", "(smoke run: the numbers only show that the harness works)"]
+    return "\n".join(lines)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}" if value < 10 else f"{value:.0f}"
+
+
+def _log_if_wide(axes: Any, values: list[float]) -> None:
+    """A log scale when the bars span more than 30x, so that the small ones stay visible."""
+    positive = [v for v in values if v > 0]
+    if positive and max(positive) / min(positive) > 30:
+        axes.set_yscale("log")
+        axes.set_ylabel(axes.get_ylabel() + " (log scale)")
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib  # the `bench` extra (also in `dev`)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = results["scenarios"]
+    panels: list[tuple[str, list[str], list[dict[str, Any]]]] = []
+    if "s1" in s:
+        panels.append(
+            (
+                f"S1 overhead ({s['s1']['connections']} conns)",
+                ["/chat/", "proxy", "no-op", "stub"],
+                [s["s1"]["runs"][k] for k in ("chat", "proxy", "noop", "stub")],
+            )
+        )
+    if "s2" in s:
+        runs = s["s2"]["runs"]
+        panels.append(("S2 one connection", ["/chat/", "stub"], [runs["chat"], runs["stub"]]))
+    if "s3" in s:
+        s3, ms = s["s3"], 1000 * s["s3"]["provider_delay_s"]
+        panels.append(
+            (
+                f"S3 provider {s3['provider_delay_s']:g} s, {s3['clients']} clients",
+                ["/chat/", "ideal"],
+                [
+                    dict(s3["run"], rps=s3["steady_rps"]),
+                    {"rps": s3["ideal_rps"], "p50_ms": ms, "p99_ms": ms},
+                ],
+            )
+        )
+    if "s4" in s:
+        lengths = s["s4"]["lengths"]
+        panels.append(
+            (
+                f"S4 history length (max {s['s4']['max_messages']})",
+                [f"{k} msgs" for k in lengths],
+                [v["run"] for v in lengths.values()],
+            )
+        )
+    columns = len(panels) + ("s5" in s)
+    figure, axes = plt.subplots(
+        2,
+        max(columns, 1),
+        figsize=(4.4 * max(columns, 1), 8),
+        constrained_layout=True,
+        squeeze=False,
+    )
+    colors = ["#3b75af", "#ef8636", "#519e3e", "#8d69b8"]
+    for column, (title, labels, runs) in enumerate(panels):
+        top, bottom = axes[0][column], axes[1][column]
+        rps = [r["rps"] for r in runs]
+        bars = top.bar(labels, rps, color=colors[: len(labels)])
+        top.bar_label(bars, labels=[f"{v:,.0f}" for v in rps], fontsize=8)
+        top.set_title(title, fontsize=10)
+        top.set_ylabel("requests/s")
+        xs = range(len(labels))
+        width = 0.38
+        p50 = [r["p50_ms"] for r in runs]
+        p99 = [r["p99_ms"] for r in runs]
+        b50 = bottom.bar([x - width / 2 for x in xs], p50, width, label="p50", color="#7fa7d0")
+        b99 = bottom.bar([x + width / 2 for x in xs], p99, width, label="p99", color="#d0605e")
+        bottom.bar_label(b50, labels=[_ms(v) for v in p50], fontsize=7)
+        bottom.bar_label(b99, labels=[_ms(v) for v in p99], fontsize=7)
+        bottom.set_xticks(list(xs), labels)
+        bottom.set_ylabel("latency, ms")
+        bottom.legend(fontsize=8)
+        _log_if_wide(top, rps)
+        _log_if_wide(bottom, p50 + p99)
+    if "s5" in s:
+        s5 = s["s5"]
+        top, bottom = axes[0][-1], axes[1][-1]
+        values = [
+            s5["raw_bytes_per_message"],
+            s5["redis_bytes_per_message"],
+            s5["target_bytes_per_message"],
+        ]
+        bars = top.bar(["text", "in Redis", "target"], values, color=["#999", "#3b75af", "#ccc"])
+        top.bar_label(bars, labels=[f"{v:.0f}" for v in values], fontsize=8)
+        top.set_title(f"S5 Redis bytes per {s5['message_chars']}-char message", fontsize=10)
+        if s5["service_peak_rss_mib"] is not None:
+            rss = [s5["service_peak_rss_mib"], 200e6 / 2**20]
+            bars = bottom.bar(["peak RSS (S3)", "target"], rss, color=["#3b75af", "#ccc"])
+            bottom.bar_label(bars, labels=[f"{v:.0f}" for v in rss], fontsize=8)
+            bottom.set_ylabel("MiB")
+    meta = results["meta"]
+    figure.suptitle(
+        f"chat-service benchmark, {meta['mode']} run {meta['date']}, {meta['cpus']} CPUs, "
+        f"generator {meta['generator']}",
+        fontsize=11,
+    )
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def write(results: dict[str, Any], text: str, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / "results.json", out / "results.md", out / "chart.png"]
+    paths[0].write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    paths[1].write_text(text + "\n", encoding="utf-8")
+    chart(results, paths[2])
+    return paths

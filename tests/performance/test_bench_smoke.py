@@ -1,0 +1,63 @@
+"""The benchmark harness end to end in --smoke mode, so that `scripts/bench` cannot rot.
+
+Each run starts its own redis-server, provider stand-in and service, as `scripts/bench`
+does, with about a second per measurement. Nothing here is about speed: only that every
+scenario ran and the table, JSON and chart were written.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.performance.bench import main
+from tests.performance.loadgen import wrk_path
+from tests.performance.processes import REPO_ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.performance]
+
+SCENARIOS = {"s1", "s2", "s3", "s4", "s5"}
+# wrk where installed (as the full run needs it); a fresh machine runs the built-in generator.
+GENERATOR = "wrk" if wrk_path() is not None else "builtin"
+
+
+@pytest.mark.timeout(300)
+def test_a_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
+    generator = GENERATOR
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.performance.bench", "--smoke", "--generator", generator,
+         "--out", str(tmp_path)],
+        cwd=REPO_ROOT,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )  # fmt: skip
+    output = f"--- stdout ---\n{done.stdout[-4000:]}\n--- stderr ---\n{done.stderr[-4000:]}"
+    assert done.returncode == 0, output
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["scenarios"]) == SCENARIOS, output
+    assert results["meta"]["mode"] == "smoke"
+    assert (generator == "wrk") == (results["meta"]["generator"] == "wrk")
+    s1 = results["scenarios"]["s1"]
+    assert set(s1["runs"]) == {"chat", "proxy", "noop", "stub"}
+    assert all(run["requests"] > 0 for run in s1["runs"].values()), s1
+    assert set(results["scenarios"]["s4"]["lengths"]) == {"0", "50", "500"}
+    assert {t["scenario"] for t in results["targets"]} == {"S1", "S2", "S3", "S4", "S5"}
+
+    table = (tmp_path / "results.md").read_text()
+    for label in ("S1 (", "S2 (", "S3 (", "S4 (", "S5:", "| met |"):
+        assert label in table, table
+        assert label in done.stdout
+    assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_full_run_without_wrk_stops_with_a_clear_message(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["--generator", "builtin"]) == 2
+    assert "a full run needs wrk" in capsys.readouterr().err
