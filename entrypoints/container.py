@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from adapters.cleanup_scheduler import CleanupScheduler
 from adapters.embedded_redis import EmbeddedRedis
+from adapters.llm.aiohttp_transport import pooled_client
 from adapters.llm.anthropic import AnthropicModel, messages_url
 from adapters.llm.echo import EchoModel
 from adapters.llm.http_call import RetryPolicy
@@ -52,12 +53,8 @@ async def _redis_client(url: str) -> AsyncIterator[Redis]:
 
 
 async def _http_client(llm: LlmSettings) -> AsyncIterator[httpx.AsyncClient]:
-    """One pooled client for every provider call of the process."""
-    client = httpx.AsyncClient(
-        timeout=httpx.Timeout(llm.timeout_seconds),
-        limits=httpx.Limits(max_connections=1000, max_keepalive_connections=200),
-        follow_redirects=False,
-    )
+    """One pooled client for every provider call of the process, on aiohttp's pool."""
+    client = pooled_client(llm.timeout_seconds)
     try:
         yield client
     finally:

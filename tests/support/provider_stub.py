@@ -12,10 +12,8 @@ time, so a test can see a caller give up on (cancel) a provider call and release
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import json
 import socket
-import ssl
 import struct
 import threading
 import time
@@ -28,6 +26,8 @@ from typing import Any, Literal
 import httpx
 import pytest
 import pytest_asyncio
+
+from adapters.llm.aiohttp_transport import pooled_client
 
 # complete: headers then the whole body. trickle: the body in chunk_size pieces, chunk_interval
 # apart. cut_mid_body: half the declared body, then a TCP reset. no_headers: read the request,
@@ -370,14 +370,8 @@ def provider_stub_thread() -> Iterator[ProviderStub]:
         yield stub
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """Loading the CA store costs ~20 ms a client; loopback needs none, so load it once."""
-    return ssl.create_default_context()
-
-
 @pytest_asyncio.fixture
 async def provider_client() -> AsyncIterator[httpx.AsyncClient]:
-    """The kind of client the service shares; trust_env=False keeps proxies off loopback."""
-    async with httpx.AsyncClient(trust_env=False, verify=_tls_context()) as client:
+    """The client the service shares (httpx over aiohttp's pool, which ignores proxies)."""
+    async with pooled_client(60.0) as client:
         yield client
