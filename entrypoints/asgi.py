@@ -11,12 +11,13 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Router
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from entrypoints.config import ConfigError, Settings, describe, load_settings
 from entrypoints.container import Container, Services, close_resources
-from entrypoints.http.auth import BearerGuard
+from entrypoints.http.auth import BearerAuth
 from entrypoints.http.controllers import ChatController, health, ready
 from entrypoints.http.disconnect import cancel_on_disconnect
 from entrypoints.http.errors import EXCEPTION_HANDLERS
@@ -61,7 +62,10 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
     if settings.auth.tokens:
         security = {"security": [{"BearerToken": []}]}
     chat = Router(
-        "/", route_handlers=[ChatController], guards=[BearerGuard(settings.auth.tokens)], **security
+        "/",
+        route_handlers=[ChatController],
+        middleware=[DefineMiddleware(BearerAuth, tokens=settings.auth.tokens)],
+        **security,
     )
     return Litestar(
         route_handlers=[chat, health, ready],

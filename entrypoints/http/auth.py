@@ -1,7 +1,8 @@
 """Bearer tokens and the rate limit, checked before the body is read.
 
-A Litestar guard rather than a dependency: guards run before the request body is parsed,
-so a caller without a valid token learns nothing (401), whatever it sent.
+An ASGI middleware on the chat routes, so a caller without a valid token learns nothing
+(401), whatever it sent. Not a Litestar guard: Litestar copies the route handler for every
+guard call, a cost on every request that the benchmark shows (scripts/bench, S3).
 """
 
 import hmac
@@ -9,15 +10,16 @@ from typing import Any
 
 from litestar.connection import ASGIConnection
 from litestar.exceptions import NotAuthorizedException, TooManyRequestsException
-from litestar.handlers.base import BaseRouteHandler
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from domain.session import PUBLIC_NAMESPACE, namespace_for
 
 
-class BearerGuard:
+class BearerAuth:
     """Sets `request.state.namespace`: whose sessions this request may touch."""
 
-    def __init__(self, tokens: tuple[str, ...]) -> None:
+    def __init__(self, app: ASGIApp, tokens: tuple[str, ...]) -> None:
+        self._app = app
         self._namespaces = tuple(namespace_for(t) for t in tokens)
 
     def _namespace(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
@@ -39,19 +41,18 @@ class BearerGuard:
             headers={"WWW-Authenticate": "Bearer"},
         )
 
-    async def __call__(
-        self, connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
-    ) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope)
         namespace = connection.state.namespace = self._namespace(connection)
         limiter = connection.app.state.services.rate_limiter
-        if limiter is None:
-            return
-        identity = namespace
-        if namespace == PUBLIC_NAMESPACE:  # no token: count per client address
-            identity = f"ip:{connection.client.host if connection.client else '-'}"
-        retry_after = await limiter.hit(identity)
-        if retry_after is not None:
-            raise TooManyRequestsException(
-                detail=f"rate limit exceeded; retry in {retry_after:.0f} s",
-                headers={"Retry-After": f"{retry_after:.0f}"},
-            )
+        if limiter is not None:
+            identity = namespace
+            if namespace == PUBLIC_NAMESPACE:  # no token: count per client address
+                identity = f"ip:{connection.client.host if connection.client else '-'}"
+            retry_after = await limiter.hit(identity)
+            if retry_after is not None:
+                raise TooManyRequestsException(
+                    detail=f"rate limit exceeded; retry in {retry_after:.0f} s",
+                    headers={"Retry-After": f"{retry_after:.0f}"},
+                )
+        await self._app(scope, receive, send)

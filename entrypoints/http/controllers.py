@@ -1,5 +1,6 @@
 """Routes. Handlers translate HTTP to use-case calls and back; the rules live in application/."""
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -81,25 +82,29 @@ def _services(state: State) -> Services:
     return services
 
 
-def _namespace(request: Request[Any, Any, Any]) -> str:
-    namespace: str = request.state.namespace
-    return namespace
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Whose sessions a request may touch (set by BearerAuth) and the services it uses. One
+    dependency rather than two: Litestar resolves two in a task group, on every request."""
+
+    namespace: str
+    services: Services
+
+
+def _caller(request: Request[Any, Any, Any]) -> Caller:
+    return Caller(request.state.namespace, request.app.state.services)
 
 
 class ChatController(Controller):
     path = "/chat"
     tags = ["chat"]  # noqa: RUF012  (Litestar reads it as a class attribute)
-    dependencies = {  # noqa: RUF012
-        "namespace": Provide(_namespace, sync_to_thread=False),
-        "services": Provide(_services, sync_to_thread=False),
-    }
+    dependencies = {"caller": Provide(_caller, sync_to_thread=False)}  # noqa: RUF012
 
     @post("/", status_code=200, responses=_SEND, summary="Send a message, get the reply")
     async def send(
         self,
         data: JSONBody[ChatRequest],
-        namespace: NamedDependency[str],
-        services: NamedDependency[Services],
+        caller: NamedDependency[Caller],
         idempotency_key: Annotated[
             str | None,
             HeaderParameter(
@@ -118,8 +123,8 @@ class ChatController(Controller):
         ] = None,
     ) -> Reply:
         """A missing, null or blank session_id starts a new session; the reply names it."""
-        return await services.send_message.execute(
-            namespace, data.session_id, data.message, idempotency_key
+        return await caller.services.send_message.execute(
+            caller.namespace, data.session_id, data.message, idempotency_key
         )
 
     @get(
@@ -130,20 +135,18 @@ class ChatController(Controller):
     async def show(
         self,
         session_id: SessionIdInPath,
-        namespace: NamedDependency[str],
-        services: NamedDependency[Services],
+        caller: NamedDependency[Caller],
     ) -> HistoryView:
-        messages = await services.show_history.execute(namespace, session_id)
+        messages = await caller.services.show_history.execute(caller.namespace, session_id)
         return HistoryView(session_id.strip(), messages)
 
     @delete("/{session_id:str}", status_code=204, responses=_COMMON, summary="Forget a session")
     async def forget(
         self,
         session_id: SessionIdInPath,
-        namespace: NamedDependency[str],
-        services: NamedDependency[Services],
+        caller: NamedDependency[Caller],
     ) -> None:
-        await services.delete_history.execute(namespace, session_id)
+        await caller.services.delete_history.execute(caller.namespace, session_id)
 
 
 @get("/health", summary="Liveness", tags=["operations"])
