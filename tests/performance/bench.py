@@ -133,10 +133,27 @@ class Run:
         if self.plan.warmup > 0:
             await self.load(dataclasses.replace(load, duration=self.plan.warmup))
             await asyncio.sleep(0.2)  # let requests cut off by the warm-up's end settle
+        cpu = self.service_cpu_seconds()
         with self.profiling(profile, load.duration):
             result = await self.load(load)
+        direct = self.stub is not None and load.url == self.stub.completions_url
+        if cpu is not None and result.requests and not direct:
+            spent = (self.service_cpu_seconds() or cpu) - cpu
+            result.service_cpu_ms_per_request = 1000 * spent / result.requests
         await asyncio.sleep(0.2)
         return result
+
+    def service_cpu_seconds(self) -> float | None:
+        """User + system CPU the service process has used: a per-request cost that moves far
+        less with the machine's other load than requests/s do."""
+        if self.service is None:
+            return None
+        try:
+            stat = Path(f"/proc/{self.service.process.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()  # utime and stime are fields 14 and 15
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     @contextlib.contextmanager
     def profiling(self, name: str | None, seconds: float) -> Iterator[None]:

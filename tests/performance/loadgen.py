@@ -55,6 +55,7 @@ class LoadResult:
     mean_ms: float
     max_ms: float
     errors: dict[str, int] = field(default_factory=dict)
+    service_cpu_ms_per_request: float | None = None  # set by the harness, not the generator
 
     @property
     def error_count(self) -> int:

@@ -108,6 +108,7 @@ def _run_row(scenario: str, name: str, run: dict[str, Any], note: str = "") -> s
     errors = str(run["error_count"])
     if run["error_count"]:
         errors += " (" + ", ".join(f"{k} {v}" for k, v in run["errors"].items() if v) + ")"
+    cpu = run.get("service_cpu_ms_per_request")
     return _row(
         [
             scenario,
@@ -115,6 +116,7 @@ def _run_row(scenario: str, name: str, run: dict[str, Any], note: str = "") -> s
             f"{run['rps']:,.0f}",
             f"{run['p50_ms']:.2f}",
             f"{run['p99_ms']:.2f}",
+            "-" if cpu is None else f"{cpu:.2f}",
             errors,
             note,
         ]
@@ -144,8 +146,8 @@ def render(results: dict[str, Any]) -> str:
         f"{meta['service_cpus']}; load average before {load}; generator: {meta['generator']}"
         f"; {meta['plan']['duration']:g} s per run",
         "",
-        _row(["scenario", "run", "req/s", "p50 ms", "p99 ms", "errors", "notes"]),
-        _row(["---"] * 2 + ["--:"] * 4 + ["---"]),
+        _row(["scenario", "run", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "errors", "notes"]),
+        _row(["---"] * 2 + ["--:"] * 5 + ["---"]),
     ]
     if "s1" in s:
         lines += _s1_rows(s["s1"])
