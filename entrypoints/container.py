@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 
 from adapters.cleanup_scheduler import CleanupScheduler
 from adapters.embedded_redis import EmbeddedRedis
-from adapters.llm.aiohttp_transport import pooled_client
+from adapters.llm.aiohttp_transport import AiohttpTransport
 from adapters.llm.anthropic import AnthropicModel, messages_url
 from adapters.llm.echo import EchoModel
 from adapters.llm.http_call import RetryPolicy
@@ -52,13 +52,13 @@ async def _redis_client(url: str) -> AsyncIterator[Redis]:
         await client.aclose()
 
 
-async def _http_client(llm: LlmSettings) -> AsyncIterator[httpx.AsyncClient]:
-    """One pooled client for every provider call of the process, on aiohttp's pool."""
-    client = pooled_client(llm.timeout_seconds)
+async def _provider_transport() -> AsyncIterator[httpx.AsyncBaseTransport]:
+    """One connection pool for every provider call of the process."""
+    transport = AiohttpTransport(max_connections=1000)
     try:
-        yield client
+        yield transport
     finally:
-        await client.aclose()
+        await transport.aclose()
 
 
 def _longest_request_seconds(policy: RetryPolicy) -> float:
@@ -99,7 +99,7 @@ class Container(containers.DeclarativeContainer):
 
     redis_url = providers.Resource(_redis_url, redis_settings)
     redis_client = providers.Resource(_redis_client, redis_url)
-    http_client = providers.Resource(_http_client, llm)
+    provider_transport = providers.Resource(_provider_transport)
 
     store_kind = providers.Callable(_store_kind, redis_settings)
     history = providers.Selector(
@@ -152,9 +152,11 @@ class Container(containers.DeclarativeContainer):
     language_model = providers.Selector(
         providers.Callable(_provider_name, llm),
         echo=providers.Singleton(EchoModel),
-        openai=providers.Singleton(OpenAIChatModel, http_client, model=llm.model, **remote),
-        anthropic=providers.Singleton(AnthropicModel, http_client, model=llm.model, **remote),
-        huggingface=providers.Singleton(HuggingFaceModel, http_client, **remote),
+        openai=providers.Singleton(OpenAIChatModel, provider_transport, model=llm.model, **remote),
+        anthropic=providers.Singleton(
+            AnthropicModel, provider_transport, model=llm.model, **remote
+        ),
+        huggingface=providers.Singleton(HuggingFaceModel, provider_transport, **remote),
     )
 
     send_message = providers.Singleton(

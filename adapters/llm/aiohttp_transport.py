@@ -1,10 +1,11 @@
 """httpx's API over aiohttp's connection pool.
 
-The adapters speak httpx; this transport moves the bytes. Measured with scripts/bench on the
-provider call alone, httpx's own transport spends most of each request in its connection
-pool (it scans every pooled connection on each request start and end); aiohttp's serves the
-same loopback stand-in about 3x faster. aiohttp failures are reported as the httpx
-exceptions they mean, so the retry policy in http_call sees the same faults either way.
+The adapters speak httpx (Request, Response, a transport); this transport moves the bytes.
+Measured with scripts/bench on the provider call alone, httpx's own transport spends most of
+each request in its connection pool (it scans every pooled connection on each request start
+and end); aiohttp's serves the same loopback stand-in about 3x faster. aiohttp failures are
+reported as the httpx exceptions they mean, so the retry policy in http_call sees the same
+faults either way.
 """
 
 import asyncio
@@ -60,7 +61,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,  # httpx decodes Content-Encoding itself
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
         )
         return self._session
 
@@ -91,12 +91,3 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-def pooled_client(timeout_seconds: float, *, max_connections: int = 1000) -> httpx.AsyncClient:
-    """The provider client the service shares: httpx's API, aiohttp's pool, no redirects."""
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(max_connections=max_connections),
-        timeout=httpx.Timeout(timeout_seconds),
-        follow_redirects=False,
-    )

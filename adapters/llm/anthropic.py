@@ -43,7 +43,7 @@ def messages_url(api_url: str) -> str:
 class AnthropicModel:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         *,
         url: str,
         api_key: str,
@@ -52,7 +52,7 @@ class AnthropicModel:
         temperature: float,
         policy: RetryPolicy,
     ) -> None:
-        self._client = client
+        self._transport = transport
         self._url = url
         self._headers = {"x-api-key": api_key, "anthropic-version": API_VERSION}
         self._model = model
@@ -71,7 +71,7 @@ class AnthropicModel:
             temperature=self._temperature,
         )
         raw = await post_json(
-            self._client, self._url, body=self._encode(request), headers=self._headers,
+            self._transport, self._url, body=self._encode(request), headers=self._headers,
             policy=self._policy, provider=PROVIDER,
         )  # fmt: skip
         answer = decode_answer(self._decoder, raw, PROVIDER)

@@ -1,4 +1,4 @@
-"""One provider call over the shared httpx client: deadline, bounded body, retries."""
+"""One provider call over the shared httpx transport: deadline, bounded body, retries."""
 
 import asyncio
 import email.utils
@@ -59,16 +59,8 @@ async def _read_capped(response: httpx.Response, limit: int, provider: str) -> b
     return bytes(body)
 
 
-def _unlink(response: httpx.Response) -> None:
-    """Break the cycle between a closed response and its stream (httpx's BoundAsyncStream
-    points back at the response). In that cycle the connection's read-ahead buffers, several
-    MiB under uvloop for a refused oversized answer, would wait for a full garbage collection
-    instead of being freed at once."""
-    response.stream = httpx.ByteStream(b"")
-
-
 async def post_json(
-    client: httpx.AsyncClient,
+    transport: httpx.AsyncBaseTransport,
     url: str,
     *,
     body: bytes,
@@ -81,14 +73,17 @@ async def post_json(
     429, 5xx and connection failures are retried up to policy.max_retries times with
     jittered exponential backoff, or after Retry-After (capped); other statuses are final.
     Each attempt has a total deadline, so a trickling body cannot hold a request forever.
+    The request goes straight to the transport: httpx.AsyncClient's cookie, auth, redirect
+    and URL-merging steps are nothing a provider call needs, and cost a tenth of its CPU.
     """
     headers = {"content-type": "application/json", **headers}
     for attempt in range(policy.max_retries + 1):
         last = attempt == policy.max_retries
-        response: httpx.Response | None = None
+        request = httpx.Request("POST", url, content=body, headers=headers)
         try:
             async with asyncio.timeout(policy.timeout_seconds):
-                async with client.stream("POST", url, content=body, headers=headers) as response:
+                response = await transport.handle_async_request(request)
+                try:
                     status = response.status_code
                     if 200 <= status < 300:
                         return await _read_capped(response, policy.max_response_bytes, provider)
@@ -98,6 +93,8 @@ async def post_json(
                         )
                     failure = f"{provider} answered HTTP {status}"
                     delay = _backoff(policy, attempt, _retry_after(response))
+                finally:
+                    await response.aclose()
         except (TimeoutError, httpx.TimeoutException) as error:
             raise ModelTimeout(
                 f"{provider} did not answer within {policy.timeout_seconds:g} seconds"
@@ -111,9 +108,6 @@ async def post_json(
             raise ModelUnavailable(
                 f"{provider} answered something unreadable ({type(error).__name__})"
             ) from error
-        finally:
-            if response is not None:
-                _unlink(response)
         if last:
             raise ModelUnavailable(failure)
         log.warning("%s; retry %d of %d in %.2fs", failure, attempt + 1, policy.max_retries, delay)

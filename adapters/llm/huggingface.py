@@ -56,7 +56,7 @@ class _Generated(msgspec.Struct):
 class HuggingFaceModel:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         *,
         url: str,
         api_key: str,
@@ -64,7 +64,7 @@ class HuggingFaceModel:
         temperature: float,
         policy: RetryPolicy,
     ) -> None:
-        self._client = client
+        self._transport = transport
         self._url = url
         self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         # TGI rejects temperature 0; greedy decoding is what 0 means.
@@ -80,7 +80,7 @@ class HuggingFaceModel:
     async def reply(self, conversation: Conversation) -> str:
         prompt = mistral_prompt(conversation)
         raw = await post_json(
-            self._client, self._url, body=self._encode(_Request(prompt, self._parameters)),
+            self._transport, self._url, body=self._encode(_Request(prompt, self._parameters)),
             headers=self._headers, policy=self._policy, provider=PROVIDER,
         )  # fmt: skip
         answer = decode_answer(self._decoder, raw, PROVIDER)

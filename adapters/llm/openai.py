@@ -42,7 +42,7 @@ def chat_completions_url(api_url: str) -> str:
 class OpenAIChatModel:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        transport: httpx.AsyncBaseTransport,
         *,
         url: str,
         api_key: str,
@@ -51,7 +51,7 @@ class OpenAIChatModel:
         temperature: float,
         policy: RetryPolicy,
     ) -> None:
-        self._client = client
+        self._transport = transport
         self._url = url
         self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._model = model or None
@@ -68,7 +68,7 @@ class OpenAIChatModel:
         messages += [_Message(m.role, m.content) for m in conversation.messages]
         body = self._encode(_Request(messages, self._model, self._max_tokens, self._temperature))
         raw = await post_json(
-            self._client, self._url, body=body, headers=self._headers, policy=self._policy,
+            self._transport, self._url, body=body, headers=self._headers, policy=self._policy,
             provider=PROVIDER,
         )  # fmt: skip
         answer = decode_answer(self._decoder, raw, PROVIDER)

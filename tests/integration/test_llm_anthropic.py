@@ -14,7 +14,7 @@ from tests.support.provider_stub import (
 )
 
 
-def _model(client: httpx.AsyncClient, url: str) -> AnthropicModel:
+def _model(client: httpx.AsyncBaseTransport, url: str) -> AnthropicModel:
     return AnthropicModel(
         client, url=url, api_key="sk-ant-test-secret", model="claude-3-5-haiku-latest",
         max_tokens=256, temperature=0.5, policy=FAST,
@@ -22,7 +22,7 @@ def _model(client: httpx.AsyncClient, url: str) -> AnthropicModel:
 
 
 async def test_sends_a_messages_request_and_returns_the_answer(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(json_reply(anthropic_body("4")))
     model = _model(provider_client, messages_url(provider_stub.url))
@@ -51,7 +51,7 @@ async def test_sends_a_messages_request_and_returns_the_answer(
 
 @pytest.mark.parametrize("configured", ["", "/", "/v1", "/v1/", "/v1/messages", "/v1/messages/"])
 async def test_accepts_the_host_the_v1_base_or_the_full_endpoint(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient, configured: str
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport, configured: str
 ) -> None:
     provider_stub.plan(json_reply(anthropic_body("ok")))
     model = _model(provider_client, messages_url(provider_stub.url + configured))
@@ -62,7 +62,7 @@ async def test_accepts_the_host_the_v1_base_or_the_full_endpoint(
 
 
 async def test_without_a_system_prompt_sends_no_system_field(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     """The API rejects `"system": null`; the field must be absent."""
     provider_stub.plan(json_reply(anthropic_body("4")))
@@ -74,7 +74,7 @@ async def test_without_a_system_prompt_sends_no_system_field(
 
 
 async def test_joins_the_text_blocks_and_skips_the_others(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     payload = anthropic_body("Two plus two ", "is four.")
     payload["content"].insert(1, {"type": "tool_use", "id": "t1", "name": "calc", "input": {}})
@@ -95,7 +95,7 @@ async def test_joins_the_text_blocks_and_skips_the_others(
     ids=["no-blocks", "no-text-block", "error-object", "wrong-type"],
 )
 async def test_an_answer_without_text_is_model_unavailable(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient, payload: object
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport, payload: object
 ) -> None:
     provider_stub.plan(json_reply(payload))
     model = _model(provider_client, messages_url(provider_stub.url))
@@ -106,7 +106,7 @@ async def test_an_answer_without_text_is_model_unavailable(
 
 
 async def test_overloaded_529_is_retried(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(error_reply(529), json_reply(anthropic_body("4")))
     model = _model(provider_client, messages_url(provider_stub.url))

@@ -47,7 +47,7 @@ CONVERSATION = Conversation(
 
 
 def _model(
-    provider: str, client: httpx.AsyncClient, base_url: str, policy: RetryPolicy = FAST
+    provider: str, client: httpx.AsyncBaseTransport, base_url: str, policy: RetryPolicy = FAST
 ) -> LanguageModel:
     if provider == "openai":
         return OpenAIChatModel(
@@ -88,7 +88,10 @@ def provider(request: pytest.FixtureRequest) -> str:
 
 @pytest.mark.parametrize("status", [500, 503])
 async def test_a_server_error_then_success_is_retried(
-    provider: str, provider_stub: ProviderStub, provider_client: httpx.AsyncClient, status: int
+    provider: str,
+    provider_stub: ProviderStub,
+    provider_client: httpx.AsyncBaseTransport,
+    status: int,
 ) -> None:
     provider_stub.plan(error_reply(status), _answer(provider, "4"))
 
@@ -97,7 +100,7 @@ async def test_a_server_error_then_success_is_retried(
 
 
 async def test_too_many_requests_waits_for_retry_after_then_succeeds(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(error_reply(429, retry_after="1"), _answer("openai", "4"))
     model = _model("openai", provider_client, provider_stub.url)
@@ -110,7 +113,7 @@ async def test_too_many_requests_waits_for_retry_after_then_succeeds(
 
 
 async def test_a_huge_retry_after_is_capped(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(error_reply(429, retry_after="3600"), _answer("openai", "4"))
     policy = msgspec.structs.replace(FAST, retry_after_cap=0.05)
@@ -124,7 +127,10 @@ async def test_a_huge_retry_after_is_capped(
 
 @pytest.mark.parametrize("status", [400, 401, 404])
 async def test_a_rejected_request_is_not_retried(
-    provider: str, provider_stub: ProviderStub, provider_client: httpx.AsyncClient, status: int
+    provider: str,
+    provider_stub: ProviderStub,
+    provider_client: httpx.AsyncBaseTransport,
+    status: int,
 ) -> None:
     provider_stub.plan(error_reply(status), _answer(provider, "never sent"))
 
@@ -139,7 +145,7 @@ async def test_a_rejected_request_is_not_retried(
 async def test_when_retries_run_out_the_model_is_unavailable(
     provider: str,
     provider_stub: ProviderStub,
-    provider_client: httpx.AsyncClient,
+    provider_client: httpx.AsyncBaseTransport,
     max_retries: int,
 ) -> None:
     provider_stub.default = error_reply(503)
@@ -158,7 +164,10 @@ async def test_when_retries_run_out_the_model_is_unavailable(
     ids=["not-json", "wrong-object", "wrong-array"],
 )
 async def test_an_unusable_body_is_unavailable_and_not_retried(
-    provider: str, provider_stub: ProviderStub, provider_client: httpx.AsyncClient, reply: Reply
+    provider: str,
+    provider_stub: ProviderStub,
+    provider_client: httpx.AsyncBaseTransport,
+    reply: Reply,
 ) -> None:
     provider_stub.plan(reply, _answer(provider, "never sent"))
 
@@ -171,7 +180,7 @@ async def test_an_unusable_body_is_unavailable_and_not_retried(
 
 @pytest.mark.parametrize("text", ["", "  \n "], ids=["empty", "blank"])
 async def test_an_empty_reply_is_unavailable(
-    provider: str, provider_stub: ProviderStub, provider_client: httpx.AsyncClient, text: str
+    provider: str, provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport, text: str
 ) -> None:
     provider_stub.plan(_answer(provider, text))
 
@@ -189,7 +198,10 @@ async def test_an_empty_reply_is_unavailable(
     ids=["headers-late", "headers-never", "body-trickles"],
 )
 async def test_a_provider_too_slow_times_out_after_the_deadline_and_not_retried(
-    provider: str, provider_stub: ProviderStub, provider_client: httpx.AsyncClient, reply: Reply
+    provider: str,
+    provider_stub: ProviderStub,
+    provider_client: httpx.AsyncBaseTransport,
+    reply: Reply,
 ) -> None:
     """Each attempt has a total deadline; retrying a timeout would multiply the user's wait."""
     provider_stub.plan(reply)
@@ -204,7 +216,7 @@ async def test_a_provider_too_slow_times_out_after_the_deadline_and_not_retried(
 
 
 async def test_nothing_listening_is_unavailable_after_the_retries(
-    provider: str, provider_client: httpx.AsyncClient
+    provider: str, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     model = _model(provider, provider_client, f"http://127.0.0.1:{_unused_port()}")
 
@@ -215,7 +227,7 @@ async def test_nothing_listening_is_unavailable_after_the_retries(
 
 
 async def test_a_connection_reset_mid_body_is_retried(
-    provider: str, provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider: str, provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(cut_mid_body(_answer(provider, "lost " * 10)), _answer(provider, "4"))
 
@@ -227,7 +239,7 @@ async def test_a_connection_reset_mid_body_is_retried(
 async def test_a_body_over_the_size_cap_is_unavailable(
     provider: str,
     provider_stub: ProviderStub,
-    provider_client: httpx.AsyncClient,
+    provider_client: httpx.AsyncBaseTransport,
     chunked: bool,
 ) -> None:
     provider_stub.plan(huge_reply(200_000, chunked=chunked))
@@ -247,7 +259,7 @@ async def test_a_body_over_the_size_cap_is_unavailable(
 async def test_the_api_key_never_appears_in_an_error_or_a_log(
     provider: str,
     provider_stub: ProviderStub,
-    provider_client: httpx.AsyncClient,
+    provider_client: httpx.AsyncBaseTransport,
     caplog: pytest.LogCaptureFixture,
     fault: str,
 ) -> None:

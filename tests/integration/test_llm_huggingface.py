@@ -13,7 +13,7 @@ PROMPT = "<s>[INST] Be brief.\n\nHi [/INST] Hello!</s>[INST] What is 2+2? [/INST
 
 
 def _model(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncBaseTransport,
     url: str,
     *,
     api_key: str = "hf_test_secret",
@@ -25,7 +25,7 @@ def _model(
 
 
 async def test_sends_the_mistral_prompt_and_returns_the_generated_text(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(json_reply(huggingface_body(" 4")))
     model = _model(provider_client, provider_stub.url + MODEL_PATH)
@@ -45,7 +45,7 @@ async def test_sends_the_mistral_prompt_and_returns_the_generated_text(
 
 
 async def test_asks_for_the_generated_text_only(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(json_reply(huggingface_body("4")))
     model = _model(provider_client, provider_stub.url + MODEL_PATH)
@@ -56,7 +56,7 @@ async def test_asks_for_the_generated_text_only(
 
 
 async def test_temperature_zero_asks_for_greedy_decoding(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     """TGI rejects temperature 0."""
     provider_stub.plan(json_reply(huggingface_body("4")))
@@ -71,7 +71,7 @@ async def test_temperature_zero_asks_for_greedy_decoding(
 
 
 async def test_a_local_server_needs_no_key(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(json_reply(huggingface_body("4")))
     model = _model(provider_client, provider_stub.url + "/generate", api_key="")
@@ -83,7 +83,7 @@ async def test_a_local_server_needs_no_key(
 
 @pytest.mark.parametrize("as_list", [True, False], ids=["inference-api-list", "tgi-object"])
 async def test_reads_both_answer_shapes(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient, as_list: bool
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport, as_list: bool
 ) -> None:
     provider_stub.plan(json_reply(huggingface_body("Four.", as_list=as_list)))
     model = _model(provider_client, provider_stub.url + MODEL_PATH)
@@ -92,7 +92,7 @@ async def test_reads_both_answer_shapes(
 
 
 async def test_a_server_that_echoes_the_prompt_still_yields_only_the_answer(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(json_reply(huggingface_body(PROMPT + " Four.")))
     model = _model(provider_client, provider_stub.url + MODEL_PATH)
@@ -112,7 +112,7 @@ async def test_a_server_that_echoes_the_prompt_still_yields_only_the_answer(
     ids=["empty-list", "error-object", "null-text", "prompt-only", "bare-string"],
 )
 async def test_an_answer_without_text_is_model_unavailable(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient, payload: object
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport, payload: object
 ) -> None:
     provider_stub.plan(json_reply(payload))
     model = _model(provider_client, provider_stub.url + MODEL_PATH)

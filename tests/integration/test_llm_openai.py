@@ -10,7 +10,7 @@ from tests.support.provider_stub import ProviderStub, Reply, json_reply, openai_
 
 
 def _model(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncBaseTransport,
     url: str,
     *,
     api_key: str = "sk-test-secret",
@@ -24,7 +24,7 @@ def _model(
 
 
 async def test_sends_a_chat_completion_request_and_returns_the_answer(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(json_reply(openai_body("4")))
     model = _model(provider_client, chat_completions_url(f"{provider_stub.url}/v1"))
@@ -60,7 +60,10 @@ async def test_sends_a_chat_completion_request_and_returns_the_answer(
     ],
 )
 async def test_accepts_a_base_url_or_the_full_endpoint(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient, configured: str, path: str
+    provider_stub: ProviderStub,
+    provider_client: httpx.AsyncBaseTransport,
+    configured: str,
+    path: str,
 ) -> None:
     provider_stub.plan(json_reply(openai_body("ok")))
     model = _model(provider_client, chat_completions_url(provider_stub.url + configured))
@@ -71,7 +74,7 @@ async def test_accepts_a_base_url_or_the_full_endpoint(
 
 
 async def test_without_a_system_prompt_sends_only_the_turns(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(json_reply(openai_body("4")))
     model = _model(provider_client, chat_completions_url(provider_stub.url))
@@ -86,7 +89,7 @@ async def test_without_a_system_prompt_sends_only_the_turns(
 
 
 async def test_a_local_server_needs_no_key_and_no_model_name(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     """vLLM, Ollama and TGI serve one model and often run without auth."""
     provider_stub.plan(json_reply(openai_body("ok")))
@@ -100,7 +103,7 @@ async def test_a_local_server_needs_no_key_and_no_model_name(
 
 
 async def test_temperature_zero_is_sent_not_dropped(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(json_reply(openai_body("ok")))
     model = _model(provider_client, chat_completions_url(provider_stub.url), temperature=0.0)
@@ -122,7 +125,7 @@ async def test_temperature_zero_is_sent_not_dropped(
     ids=["no-choices", "null-content", "missing-content", "error-object", "wrong-type"],
 )
 async def test_an_answer_without_text_is_model_unavailable(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient, payload: object
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport, payload: object
 ) -> None:
     provider_stub.plan(json_reply(payload))
     model = _model(provider_client, chat_completions_url(provider_stub.url))
@@ -133,7 +136,7 @@ async def test_an_answer_without_text_is_model_unavailable(
 
 
 async def test_a_body_that_does_not_match_its_encoding_is_model_unavailable(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(Reply(200, b"not gzip at all", {"content-encoding": "gzip"}))
     model = _model(provider_client, chat_completions_url(provider_stub.url))
@@ -144,7 +147,7 @@ async def test_a_body_that_does_not_match_its_encoding_is_model_unavailable(
 
 
 async def test_successive_replies_reuse_one_pooled_connection(
-    provider_stub: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     provider_stub.plan(json_reply(openai_body("one")), json_reply(openai_body("two")))
     model = _model(provider_client, chat_completions_url(provider_stub.url))
@@ -157,7 +160,7 @@ async def test_successive_replies_reuse_one_pooled_connection(
 
 
 async def test_replies_from_a_stub_serving_from_its_own_thread(
-    provider_stub_thread: ProviderStub, provider_client: httpx.AsyncClient
+    provider_stub_thread: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
     """How the end-to-end tests run it, beside a service in a subprocess."""
     provider_stub_thread.plan(json_reply(openai_body("from the thread")))

@@ -27,7 +27,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from adapters.llm.aiohttp_transport import pooled_client
+from adapters.llm.aiohttp_transport import AiohttpTransport
 
 # complete: headers then the whole body. trickle: the body in chunk_size pieces, chunk_interval
 # apart. cut_mid_body: half the declared body, then a TCP reset. no_headers: read the request,
@@ -371,7 +371,10 @@ def provider_stub_thread() -> Iterator[ProviderStub]:
 
 
 @pytest_asyncio.fixture
-async def provider_client() -> AsyncIterator[httpx.AsyncClient]:
-    """The client the service shares (httpx over aiohttp's pool, which ignores proxies)."""
-    async with pooled_client(60.0) as client:
-        yield client
+async def provider_client() -> AsyncIterator[httpx.AsyncBaseTransport]:
+    """The transport the service shares (httpx's API over aiohttp's pool; no proxies)."""
+    transport = AiohttpTransport(max_connections=100)
+    try:
+        yield transport
+    finally:
+        await transport.aclose()
