@@ -4,9 +4,8 @@ import math
 import time
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from application.errors import HistoryUnavailable
+from adapters.redis_client import StoreCall
 
 
 class RedisJobLock:
@@ -15,10 +14,8 @@ class RedisJobLock:
         self._prefix = f"{key_prefix}:lock:"
 
     async def claim(self, name: str, ttl_seconds: int) -> bool:
-        try:
+        async with StoreCall("the history store is unavailable"):
             return bool(await self._client.set(self._prefix + name, 1, nx=True, ex=ttl_seconds))
-        except RedisError as error:
-            raise HistoryUnavailable("the history store is unavailable") from error
 
 
 class RedisRateLimiter:
@@ -34,13 +31,13 @@ class RedisRateLimiter:
         now = time.time()
         window = int(now // self._window)
         key = f"{self._prefix}{identity}:{window}"
-        try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.incr(key)
-                pipe.expire(key, 2 * self._window)
-                count, _ = await pipe.execute()
-        except RedisError as error:
-            raise HistoryUnavailable("the rate limit store is unavailable") from error
+        async with (
+            StoreCall("the rate limit store is unavailable"),
+            self._client.pipeline(transaction=True) as pipe,
+        ):
+            pipe.incr(key)
+            pipe.expire(key, 2 * self._window)
+            count, _ = await pipe.execute()
         if count <= self._limit:
             return None
         return max(1.0, math.ceil((window + 1) * self._window - now))

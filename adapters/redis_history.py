@@ -6,14 +6,16 @@ from typing import cast
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from application.errors import HistoryUnavailable
+from adapters.redis_client import StoreCall
 from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, Reply
 from domain.message import Message, Role
 from domain.session import SessionKey
 
 log = logging.getLogger(__name__)
+
+_UNAVAILABLE = "the history store is unavailable"
+PURGE_TIMEOUT_SECONDS = 300.0  # a whole purge, however many batches it takes
 
 # One atomic step per exchange. A script rather than MULTI/EXEC so that a retried write
 # (the connection died after Redis ran it but before the reply arrived) is recognised by
@@ -94,13 +96,11 @@ class RedisHistory:
         return f"{self._receipt_prefix}{receipt.namespace}:{receipt.key}"
 
     async def load(self, key: SessionKey) -> list[Message]:
-        try:
+        async with StoreCall(_UNAVAILABLE):
             entries = cast(
                 list[bytes],
                 await self._client.lrange(self._key(key), -self._max_messages, -1),
             )
-        except RedisError as error:
-            raise HistoryUnavailable("the history store is unavailable") from error
         messages = []
         for entry in entries:
             try:
@@ -122,44 +122,34 @@ class RedisHistory:
         if receipt is not None:
             keys.append(self._receipt_key(receipt))
             args += [_stored_receipt(receipt), RECEIPT_TTL_SECONDS]
-        try:
+        async with StoreCall(_UNAVAILABLE):
             result = await self._append(keys=keys, args=args)
-        except RedisError as error:
-            raise HistoryUnavailable("the history store is unavailable") from error
         return _decode_receipt(result[1:]).reply if isinstance(result, bytes) else None
 
     async def claim(self, pending: Receipt, ttl_seconds: float) -> Receipt | None:
         args: list[bytes | int] = [_stored_receipt(pending), _milliseconds(ttl_seconds)]
-        try:
+        async with StoreCall(_UNAVAILABLE):
             held = await self._claim(keys=[self._receipt_key(pending)], args=args)
-        except RedisError as error:
-            raise HistoryUnavailable("the history store is unavailable") from error
         return None if held is None else _decode_receipt(held[1:])
 
     async def extend(self, pending: Receipt, ttl_seconds: float) -> None:
         args: list[bytes | int] = [_stored_receipt(pending), _milliseconds(ttl_seconds)]
-        try:
+        async with StoreCall(_UNAVAILABLE):
             await self._extend(keys=[self._receipt_key(pending)], args=args)
-        except RedisError as error:
-            raise HistoryUnavailable("the history store is unavailable") from error
 
     async def release(self, pending: Receipt) -> None:
-        try:
+        async with StoreCall(_UNAVAILABLE):
             await self._release(keys=[self._receipt_key(pending)], args=[_stored_receipt(pending)])
-        except RedisError as error:
-            raise HistoryUnavailable("the history store is unavailable") from error
 
     async def delete(self, key: SessionKey) -> None:
-        try:
+        async with StoreCall(_UNAVAILABLE):
             await self._client.unlink(self._key(key))
-        except RedisError as error:
-            raise HistoryUnavailable("the history store is unavailable") from error
 
     async def purge_all(self, batch: int = 500) -> int:
         """SCAN + UNLINK in batches: never KEYS (blocks Redis) nor FLUSHDB (not only ours)."""
         deleted = 0
         pending: list[bytes] = []
-        try:
+        async with StoreCall(_UNAVAILABLE, seconds=PURGE_TIMEOUT_SECONDS):
             async for name in self._client.scan_iter(
                 match=_glob_escape(self._prefix) + "*", count=batch
             ):
@@ -169,12 +159,8 @@ class RedisHistory:
                     pending.clear()
             if pending:
                 deleted += await self._client.unlink(*pending)
-        except RedisError as error:
-            raise HistoryUnavailable("the history store is unavailable") from error
         return deleted
 
     async def ping(self) -> None:
-        try:
+        async with StoreCall("redis did not answer"):
             await self._client.ping()
-        except RedisError as error:
-            raise HistoryUnavailable("redis did not answer") from error
