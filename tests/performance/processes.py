@@ -9,7 +9,6 @@ import contextlib
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,20 +18,11 @@ from typing import IO, Any
 
 import httpx
 
+from tests.e2e.conftest import free_port
 from tests.performance.provider_stub import MODEL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-_RESERVED_PORTS = {6379, 8000}  # the machine's own Redis and the service's default port
 _PROXY_VARIABLES = {"http_proxy", "https_proxy", "all_proxy", "no_proxy"}
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        if port not in _RESERVED_PORTS:
-            return port
 
 
 @contextlib.contextmanager
