@@ -61,6 +61,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,  # httpx decodes Content-Encoding itself
+            trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as httpx's own client honoured them
         )
         return self._session
 
