@@ -46,8 +46,8 @@ class _Body(httpx.AsyncByteStream):
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
-    """One aiohttp session, opened on first use (inside the running loop) and closed with
-    the httpx client."""
+    """One aiohttp session, opened on first use (inside the running loop, as aiohttp needs)
+    and closed by aclose()."""
 
     def __init__(self, *, max_connections: int, keepalive_seconds: float = 30.0) -> None:
         self._max_connections = max_connections
