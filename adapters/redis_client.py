@@ -64,13 +64,7 @@ class _ResetAware(AbstractConnection):
             raise ConnectionError("the connection was closed by the peer") from error
 
 
-def connect(
-    url: str,
-    *,
-    timeout_seconds: float = TIMEOUT_SECONDS,
-    retries: int = 2,
-    max_connections: int = 1000,
-) -> Redis:
+def connect(url: str, *, retries: int = 2, max_connections: int = 1000) -> Redis:
     """A client over one connection pool.
 
     Connection errors are retried with jittered backoff, so a restarted Redis is picked up
@@ -83,7 +77,7 @@ def connect(
     pool = ConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        socket_connect_timeout=timeout_seconds,
+        socket_connect_timeout=TIMEOUT_SECONDS,
         retry=Retry(
             ExponentialWithJitterBackoff(base=0.05, cap=0.5),
             retries,

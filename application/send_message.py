@@ -12,8 +12,6 @@ from domain.idempotency import Receipt, Reply, fingerprint, parse_idempotency_ke
 from domain.message import Message, check_user_message
 from domain.session import SessionKey, session_id_or_new
 
-__all__ = ["Reply", "SendMessage"]
-
 
 def utc_now() -> datetime:
     return datetime.now(UTC)

@@ -8,7 +8,8 @@ import msgspec
 from domain.errors import InvalidInput
 
 IDEMPOTENCY_KEY_MAX_LENGTH = 128
-_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]{1,128}")
+IDEMPOTENCY_KEY_ALPHABET = r"\x20-\x7e"  # printable ASCII, as a regex character class
+_IDEMPOTENCY_KEY = re.compile(rf"[{IDEMPOTENCY_KEY_ALPHABET}]{{1,{IDEMPOTENCY_KEY_MAX_LENGTH}}}")
 
 # How long a completed request is remembered: a repeat within this returns its reply.
 RECEIPT_TTL_SECONDS = 24 * 3600

@@ -12,7 +12,7 @@ from litestar.params import HeaderParameter, JSONBody, Parameter, PathParameter
 from litestar.response import Response
 
 from application.errors import HistoryUnavailable
-from domain.idempotency import IDEMPOTENCY_KEY_MAX_LENGTH, Reply
+from domain.idempotency import IDEMPOTENCY_KEY_ALPHABET, IDEMPOTENCY_KEY_MAX_LENGTH, Reply
 from domain.message import Message
 from domain.session import SESSION_ID_ALPHABET, SESSION_ID_MAX_LENGTH, WHITESPACE
 from entrypoints.container import Services
@@ -112,7 +112,7 @@ class ChatController(Controller):
                 required=False,
                 min_length=1,
                 max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
-                pattern=r"^[\x20-\x7e]*$",
+                pattern=f"^[{IDEMPOTENCY_KEY_ALPHABET}]*$",
                 description=(
                     "Makes a retry safe: a request repeated with the same key (and token) "
                     "within 24 h gets the first reply with 200, without asking the model or "

@@ -37,9 +37,16 @@ def model() -> ScriptedModel:
     return ScriptedModel()
 
 
-def sender(history: MemoryHistory, model: ScriptedModel, in_flight: float = 5.0) -> SendMessage:
+def sender(
+    history: MemoryHistory, model: ScriptedModel, in_flight: float = 5.0, lease: float = 10.0
+) -> SendMessage:
     return SendMessage(
-        history, model, max_message_chars=100, receipts=history, in_flight_seconds=in_flight
+        history,
+        model,
+        max_message_chars=100,
+        receipts=history,
+        in_flight_seconds=in_flight,
+        lease_seconds=lease,
     )
 
 
@@ -193,7 +200,7 @@ async def test_a_key_held_by_a_request_whose_process_died_is_free_within_a_lease
     model: ScriptedModel,
 ) -> None:
     history = MemoryHistory(max_messages=50, ttl_seconds=0)  # the real clock, leases run out
-    send = SendMessage(history, model, max_message_chars=100, receipts=history, lease_seconds=0.3)
+    send = sender(history, model, lease=0.3)
     died = Receipt("ns", "key-1", fingerprint("s", "hello"))
     assert await history.claim(died, ttl_seconds=0.3) is None  # and nobody renews it
 
@@ -208,7 +215,7 @@ async def test_a_request_keeps_its_key_while_it_runs_longer_than_a_lease(
     model: ScriptedModel,
 ) -> None:
     history = MemoryHistory(max_messages=50, ttl_seconds=0)
-    send = SendMessage(history, model, max_message_chars=100, receipts=history, lease_seconds=0.2)
+    send = sender(history, model, lease=0.2)
     model.gate = asyncio.Event()
     first = asyncio.create_task(send.execute("ns", "s", "hello", "key-1"))
     await asyncio.sleep(0.7)  # several leases long
