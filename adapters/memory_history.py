@@ -3,6 +3,7 @@ namespaces, receipts written with their exchange), no server."""
 
 import time
 from collections.abc import Callable
+from datetime import datetime
 
 from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, Reply
 from domain.message import Message
@@ -81,10 +82,17 @@ class MemoryHistory:
     async def delete(self, key: SessionKey) -> None:
         self._sessions.pop(key, None)
 
-    async def purge_all(self) -> int:
-        count = sum(1 for key in list(self._sessions) if self._live(key) is not None)
-        self._sessions.clear()
-        return count
+    async def purge(self, written_before: datetime | None = None) -> int:
+        """As RedisHistory: a history's last write is its newest message's timestamp."""
+        doomed = [
+            key
+            for key in list(self._sessions)
+            if (messages := self._live(key)) is not None
+            and (written_before is None or messages[-1].created_at < written_before)
+        ]
+        for key in doomed:
+            del self._sessions[key]
+        return len(doomed)
 
     async def ping(self) -> None:
         return None

@@ -58,6 +58,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
+# Delete a history only if its newest entry is still the one the purge judged idle: every
+# entry is unique (microsecond timestamp), so a write in between keeps the history.
+_UNLINK_UNCHANGED = """
+if redis.call('LINDEX', KEYS[1], -1) == ARGV[1] then return redis.call('UNLINK', KEYS[1]) end
+return 0
+"""
+
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(tuple[Role, str, datetime]).decode
 _decode_receipt = msgspec.msgpack.Decoder(Receipt).decode
@@ -75,6 +82,14 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
+def _idle(newest: bytes, written_before: datetime) -> bool:
+    """Whether a history whose newest entry is `newest` was last written before that time."""
+    try:
+        return _decode(newest)[2] < written_before
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return True  # unreadable: nothing a reader can use
+
+
 class RedisHistory:
     def __init__(
         self, client: Redis, *, key_prefix: str, max_messages: int, ttl_seconds: int
@@ -88,6 +103,7 @@ class RedisHistory:
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._extend = client.register_script(_EXTEND)
+        self._unlink_unchanged = client.register_script(_UNLINK_UNCHANGED)
 
     def _key(self, key: SessionKey) -> str:
         return f"{self._prefix}{key.namespace}:{key.session_id}"
@@ -145,21 +161,45 @@ class RedisHistory:
         async with StoreCall(_UNAVAILABLE):
             await self._client.unlink(self._key(key))
 
-    async def purge_all(self, batch: int = 500) -> int:
-        """SCAN + UNLINK in batches: never KEYS (blocks Redis) nor FLUSHDB (not only ours)."""
+    async def purge(self, written_before: datetime | None = None, batch: int = 500) -> int:
+        """SCAN in batches, never KEYS (it blocks Redis) nor FLUSHDB (not only ours).
+
+        With `written_before`, a history's last write is its newest entry's timestamp: one
+        LINDEX per history, pipelined, then a compare-and-unlink per idle one, so a history
+        written to in between is kept. An entry that cannot be read counts as idle.
+        """
         deleted = 0
-        pending: list[bytes] = []
         async with StoreCall(_UNAVAILABLE, seconds=PURGE_TIMEOUT_SECONDS):
+            names: list[bytes] = []
             async for name in self._client.scan_iter(
                 match=_glob_escape(self._prefix) + "*", count=batch
             ):
-                pending.append(name)
-                if len(pending) >= batch:
-                    deleted += await self._client.unlink(*pending)
-                    pending.clear()
-            if pending:
-                deleted += await self._client.unlink(*pending)
+                names.append(name)
+                if len(names) >= batch:
+                    deleted += await self._purge_batch(names, written_before)
+                    names = []
+            if names:
+                deleted += await self._purge_batch(names, written_before)
         return deleted
+
+    async def _purge_batch(self, names: list[bytes], written_before: datetime | None) -> int:
+        if written_before is None:
+            return await self._client.unlink(*names)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.lindex(name, -1)
+            newest = cast(list[bytes | None], await pipe.execute())
+        idle = [
+            (name, entry)
+            for name, entry in zip(names, newest, strict=True)
+            if entry is not None and _idle(entry, written_before)
+        ]
+        if not idle:
+            return 0
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name, entry in idle:
+                await self._unlink_unchanged(keys=[name], args=[entry], client=pipe)
+            return sum(cast(list[int], await pipe.execute()))
 
     async def ping(self) -> None:
         async with StoreCall("redis did not answer"):

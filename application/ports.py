@@ -38,8 +38,10 @@ class ChatHistory(Protocol):
 
     async def delete(self, key: SessionKey) -> None: ...
 
-    async def purge_all(self) -> int:
-        """Delete every history (and nothing else); return how many were deleted."""
+    async def purge(self, written_before: datetime | None = None) -> int:
+        """Delete the histories last written before `written_before`, or every history when
+        it is None (and nothing else); return how many were deleted. A history written to
+        while the purge runs is kept."""
         ...
 
     async def ping(self) -> None:

@@ -177,6 +177,7 @@ class Container(containers.DeclarativeContainer):
             history,
             job_lock,
             interval_seconds=settings.provided.cleanup.interval_seconds,
+            scope=settings.provided.cleanup.scope,
         ),
         interval_seconds=settings.provided.cleanup.interval_seconds,
     )

@@ -176,15 +176,38 @@ async def test_deleting_a_missing_session_is_fine(store: HistoryStore) -> None:
     assert await history.load(KEY) == []
 
 
-async def test_purge_all_deletes_every_history_and_counts_them(store: HistoryStore) -> None:
+async def test_purge_of_everything_deletes_every_history_and_counts_them(
+    store: HistoryStore,
+) -> None:
     history = store.make(10, 60)
     keys = [SessionKey("public", "a"), SessionKey("public", "b"), SessionKey("alice", "a")]
     for n, key in enumerate(keys):
         await history.append_exchange(key, *exchange(n))
 
-    assert await history.purge_all() == 3
+    assert await history.purge() == 3
     assert [await history.load(key) for key in keys] == [[], [], []]
-    assert await history.purge_all() == 0
+    assert await history.purge() == 0
+
+
+async def test_purge_of_idle_histories_keeps_those_written_since(store: HistoryStore) -> None:
+    """Sessions written at different times: only those whose last write is older go."""
+    history = store.make(10, 0)
+    started_early = SessionKey("public", "started-early-still-talking")
+    idle = SessionKey("alice", "idle")
+    recent = SessionKey("public", "recent")
+    await history.append_exchange(started_early, *exchange(0))  # T0
+    await history.append_exchange(idle, *exchange(10))  # T0 + 10 s
+    await history.append_exchange(started_early, *exchange(100))  # written again later
+    await history.append_exchange(recent, *exchange(60))
+
+    cutoff = T0 + timedelta(seconds=50)
+    assert await history.purge(written_before=cutoff) == 1
+
+    assert await history.load(idle) == []
+    assert await history.load(started_early) == [*exchange(0), *exchange(100)]
+    assert await history.load(recent) == list(exchange(60))
+    assert await history.purge(written_before=cutoff) == 0
+    assert await history.purge(written_before=T0 + timedelta(seconds=101)) == 2
 
 
 async def test_concurrent_exchanges_keep_each_answer_after_its_question(

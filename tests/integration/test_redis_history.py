@@ -1,5 +1,6 @@
 """What only the Redis history can get wrong: key layout, purging, round trips, outages."""
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -67,9 +68,7 @@ async def test_ttl_zero_makes_an_expiring_history_persistent(redis_client: Redis
     assert await redis_client.pttl(name) == -1
 
 
-async def test_purge_all_deletes_only_history_keys(
-    redis_client: Redis, history: RedisHistory
-) -> None:
+async def test_purge_deletes_only_history_keys(redis_client: Redis, history: RedisHistory) -> None:
     for n in range(3):
         await history.append_exchange(SessionKey("public", f"s{n}"), *exchange(n))
     other_app = redis_history(redis_client, key_prefix="other-app")
@@ -81,26 +80,56 @@ async def test_purge_all_deletes_only_history_keys(
     await redis_client.set("unrelated", "kept")
     survivors = await all_keys(redis_client) - {f"{PREFIX}:history:public:s{n}" for n in range(3)}
 
-    assert await history.purge_all() == 3
+    assert await history.purge() == 3
 
     assert await all_keys(redis_client) == survivors
     assert len(survivors) == 6
     assert await other_app.load(KEY) == list(exchange(9))
 
 
-async def test_purge_all_spans_many_scan_batches(
-    redis_client: Redis, history: RedisHistory
-) -> None:
+async def test_purge_spans_many_scan_batches(redis_client: Redis, history: RedisHistory) -> None:
     for n in range(1_200):
         await history.append_exchange(SessionKey("public", f"s{n}"), *exchange(n))
     await redis_client.set(f"{PREFIX}:other", "kept")
 
-    assert await history.purge_all() == 1_200
+    assert await history.purge(written_before=exchange(700)[0].created_at) == 700
+    assert len(await all_keys(redis_client)) == 501
+    assert await history.purge() == 500
 
     assert await all_keys(redis_client) == {f"{PREFIX}:other"}
 
 
-async def test_purge_all_treats_glob_characters_in_the_prefix_literally(
+async def test_idle_purge_deletes_a_history_whose_newest_entry_is_unreadable(
+    redis_client: Redis, history: RedisHistory
+) -> None:
+    await history.append_exchange(KEY, *exchange(1))
+    await redis_client.rpush(f"{PREFIX}:history:public:s-1", b"\xc1 not msgpack")
+
+    assert await history.purge(written_before=exchange(0)[0].created_at) == 1
+
+
+async def test_a_history_written_while_the_idle_purge_runs_keeps_that_write(
+    redis_client: Redis, history: RedisHistory
+) -> None:
+    """Each idle history is unlinked only if its newest entry is still the one judged idle."""
+    keys = [SessionKey("public", f"s{n}") for n in range(2_000)]
+    for n, key in enumerate(keys):
+        await history.append_exchange(key, *exchange(n))
+    late = [exchange(5_000 + n) for n in range(len(keys))]
+
+    async def keep_talking() -> None:
+        for key, pair in zip(keys[::-1], late, strict=False):
+            await history.append_exchange(key, *pair)
+
+    await asyncio.gather(
+        history.purge(written_before=exchange(3_000)[0].created_at), keep_talking()
+    )
+
+    for key, pair in zip(keys[::-1], late, strict=False):
+        assert (await history.load(key))[-2:] == list(pair), key
+
+
+async def test_purge_treats_glob_characters_in_the_prefix_literally(
     redis_client: Redis,
 ) -> None:
     globby = redis_history(redis_client, key_prefix="a*b[1]")
@@ -109,7 +138,7 @@ async def test_purge_all_treats_glob_characters_in_the_prefix_literally(
     await lookalike.append_exchange(KEY, *exchange(2))
     await lookalike.append_exchange(SessionKey("public", "s-2"), *exchange(3))
 
-    assert await globby.purge_all() == 1
+    assert await globby.purge() == 1
 
     assert await globby.load(KEY) == []
     assert await lookalike.load(KEY) == list(exchange(2))
@@ -179,7 +208,7 @@ async def test_stopped_redis_raises_history_unavailable_within_seconds(
         lambda: history.append_exchange(KEY, *exchange(2)),
         history.ping,
         lambda: history.delete(KEY),
-        history.purge_all,
+        history.purge,
     ]
     for call in calls:
         started = time.monotonic()

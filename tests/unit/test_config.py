@@ -1,8 +1,10 @@
+import configparser
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from entrypoints.config import ConfigError, RateLimit, Settings, load_settings
+from entrypoints.config import _SCHEMA, ConfigError, RateLimit, Settings, describe, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +32,71 @@ def error_for(path: Path, environ: dict[str, str] | None = None) -> str:
 
 
 def test_the_shipped_config_is_the_embedded_default() -> None:
-    assert load_settings(REPO / "config.ini", {}) == Settings()
+    shipped = load_settings(REPO / "config.ini", {})
+    assert shipped.source == str(REPO / "config.ini")
+    assert shipped == msgspec.structs.replace(
+        Settings(),
+        redis=msgspec.structs.replace(Settings().redis, data_dir=str(REPO / "data")),
+        source=shipped.source,
+    )
+
+
+def test_every_key_of_the_schema_is_in_the_shipped_config() -> None:
+    """config.ini documents every key: it is the list users read."""
+    shipped = configparser.ConfigParser(interpolation=None)
+    shipped.read(REPO / "config.ini")
+    assert {name: set(shipped[name]) for name in shipped.sections()} == {
+        name: set(keys) for name, keys in _SCHEMA.items()
+    }
+
+
+def test_a_relative_data_dir_is_taken_from_the_config_files_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    (tmp_path / "conf").mkdir()
+    path = write(tmp_path / "conf", "[redis]\ndata_dir = ./state\n")
+
+    assert load_settings(path, {}).redis.data_dir == str(tmp_path / "conf" / "state")
+    from_variable = load_settings(path, {"CHAT_REDIS_DATA_DIR": "state"})
+    assert from_variable.redis.data_dir == str(elsewhere / "state")
+    assert load_settings(path, {"CHAT_REDIS_DATA_DIR": "/abs"}).redis.data_dir == "/abs"
+
+
+def test_empty_max_tokens_and_temperature_are_not_sent(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "[llm]\nmax_tokens =\ntemperature =\n"), {})
+    assert settings.llm.max_tokens is None
+    assert settings.llm.temperature is None
+    anthropic = "[llm]\nprovider = anthropic\napi_url = https://x\nmodel = m\nmax_tokens =\n"
+    assert "[llm] max_tokens: required for provider 'anthropic'" in error_for(
+        write(tmp_path, anthropic)
+    )
+
+
+def test_lists_and_choices(tmp_path: Path) -> None:
+    text = (
+        "[server]\ncors_origins = https://a.example, http://localhost:5173 ,\n"
+        "[cleanup]\nscope = ALL\n[llm]\nmax_tokens_parameter = max_completion_tokens\n"
+        "[auth]\nrate_limit = 60/minute\n"
+    )
+    settings = load_settings(write(tmp_path, text), {})
+    assert settings.server.cors_origins == ("https://a.example", "http://localhost:5173")
+    assert settings.cleanup.scope == "all"
+    assert settings.llm.max_tokens_parameter == "max_completion_tokens"
+    assert str(settings.auth.rate_limit) == "60/minute"
+    assert "rate_limit=60/minute" in describe(settings)
+
+
+def test_the_startup_line_says_what_cleanup_deletes_and_names_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "[cleanup]\ninterval_seconds = 900\n")
+    line = describe(load_settings(path, {}))
+    assert f"config={path}" in line
+    assert "every 900 s, deletes chat histories not written to for 900 s" in line
+    everything = describe(load_settings(path, {"CHAT_CLEANUP_SCOPE": "all"}))
+    assert "deletes EVERY chat history, in use or not" in everything
+    assert "cleanup=off" in describe(load_settings(path, {"CHAT_CLEANUP_ENABLED": "no"}))
 
 
 def test_without_a_file_the_defaults_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,9 +154,12 @@ def test_the_seeds_flat_config_keeps_working(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("[llm]\nprovider = gpt5\n", "[llm] provider: unknown provider 'gpt5'"),
+        ("[llm]\nprovider = gpt5\n", "[llm] provider: 'gpt5' is not one of echo, openai"),
+        ("[cleanup]\nscope = some\n", "[cleanup] scope: 'some' is not one of idle, all"),
+        ("[server]\ncors_origins = example.com\n", "[server] cors_origins: 'example.com' is not"),
+        ("[llm]\ntimeout_seconds = 0\n", "[llm] timeout_seconds: 0 is out of range (must be > 0"),
         ("[server]\nport = eighty\n", "[server] port: 'eighty' is not an integer"),
-        ("[server]\nport = 70000\n", "[server] port: 70000 is out of range"),
+        ("[server]\nport = 70000\n", "[server] port: 70000 is out of range (must be <= 65535)"),
         ("[history]\nmax_messages = 1.5\n", "[history] max_messages: '1.5' is not an integer"),
         ("[llm]\nprovider = openai\n", "[llm] api_url: required for provider 'openai'"),
         ("[llm]\nprovider = huggingface\n", "[llm] api_url: required for provider 'huggingface'"),

@@ -1,4 +1,4 @@
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -42,10 +42,39 @@ async def test_delete_forgets_and_is_idempotent(history: MemoryHistory) -> None:
 
 async def test_purge_runs_once_per_slot_across_processes(history: MemoryHistory) -> None:
     lock = MemoryJobLock()  # shared, as Redis is shared by workers
-    worker_a = PurgeHistories(history, lock, interval_seconds=60)
-    worker_b = PurgeHistories(history, lock, interval_seconds=60)
+    worker_a = PurgeHistories(history, lock, interval_seconds=60, scope="all")
+    worker_b = PurgeHistories(history, lock, interval_seconds=60, scope="all")
 
     assert await worker_a.execute(6000.0) == 1
     assert await worker_b.execute(6000.4) is None  # same slot, fired a little later
     assert await worker_b.execute(6059.8) == 0  # the next slot, fired a little early
     assert await worker_a.execute(6060.1) is None
+
+
+async def test_idle_scope_never_cuts_a_conversation_in_use() -> None:
+    """The seed's hourly cleanup: a conversation started at 12:59 is still there at 13:00."""
+    history = MemoryHistory(max_messages=10, ttl_seconds=0)
+    noon = datetime(2026, 1, 1, 12, tzinfo=UTC)
+
+    async def talk(session: str, at: datetime) -> None:
+        await history.append_exchange(
+            SessionKey("ns", session), Message("user", "q", at), Message("assistant", "a", at)
+        )
+
+    await talk("quiet since noon", noon)
+    await talk("started at 12:59", noon + timedelta(minutes=59))
+    await talk("all morning, still talking", noon - timedelta(hours=3))
+    await talk("all morning, still talking", noon + timedelta(minutes=30))
+    purge = PurgeHistories(history, MemoryJobLock(), interval_seconds=3600)
+
+    assert await purge.execute((noon + timedelta(hours=1, seconds=1)).timestamp()) == 1
+
+    assert await history.load(SessionKey("ns", "quiet since noon")) == []
+    assert len(await history.load(SessionKey("ns", "started at 12:59"))) == 2
+    assert len(await history.load(SessionKey("ns", "all morning, still talking"))) == 4
+
+
+async def test_all_scope_deletes_every_history_each_interval(history: MemoryHistory) -> None:
+    purge = PurgeHistories(history, MemoryJobLock(), interval_seconds=3600, scope="all")
+
+    assert await purge.execute(T.timestamp()) == 1  # written this very second: gone all the same
