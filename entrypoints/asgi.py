@@ -5,26 +5,34 @@ opens nothing, and a config mistake ends the process with one line instead of a 
 """
 
 import logging
+import multiprocessing
+import os
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from litestar import Litestar, Router
+from litestar.config.cors import CORSConfig
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from application.errors import HistoryUnavailable
+from application.ports import JobLock
 from entrypoints.config import ConfigError, Settings, describe, load_settings
 from entrypoints.container import Container, Services, close_resources
 from entrypoints.http.auth import BearerAuth
 from entrypoints.http.controllers import ChatController, health, ready
 from entrypoints.http.disconnect import cancel_on_disconnect
 from entrypoints.http.errors import EXCEPTION_HANDLERS
+from entrypoints.http.limits import MAX_BODY_BYTES
 
 log = logging.getLogger("chat")
 
-MAX_BODY_BYTES = 1024 * 1024
+# What a browser client on another origin may read besides the body and simple headers.
+_EXPOSED = ["Retry-After", "WWW-Authenticate"]
 
 
 def configure_logging() -> None:
@@ -34,6 +42,27 @@ def configure_logging() -> None:
     logging.getLogger("chat").setLevel(logging.INFO)
     for noisy in ("httpx", "apscheduler"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+async def _check_store(services: Services) -> None:
+    """One ping at start, so a wrong address shows in the log before the first 503 does."""
+    try:
+        await services.history.ping()
+    except HistoryUnavailable:
+        log.warning(
+            "%s does not answer: requests will get 503 until it does", services.store_location
+        )
+
+
+async def _first_of_this_service(lock: JobLock) -> bool:
+    """True in one worker of this service: notices meant for its operator are said once,
+    not once per worker. A store that does not answer says yes (better twice than never)."""
+    parent = multiprocessing.parent_process()  # uvicorn --workers N: the manager
+    service = f"{socket.gethostname()}:{parent.pid if parent else os.getpid()}"
+    try:
+        return await lock.claim(f"startup-notice:{service}", ttl_seconds=60)
+    except HistoryUnavailable:
+        return True
 
 
 def create_app(settings: Settings, container: Container | None = None) -> Litestar:
@@ -47,7 +76,8 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         if settings.cleanup.enabled:
             services.cleanup.start()
         log.info("ready: %s", describe(settings))
-        if not settings.auth.tokens:
+        await _check_store(services)
+        if not settings.auth.tokens and await _first_of_this_service(services.job_lock):
             log.warning(
                 "AUTH IS OFF: [auth] tokens is empty, so anyone who can reach this port can "
                 "read and write every session. Set tokens in config.ini or CHAT_AUTH_TOKENS."
@@ -76,6 +106,11 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         middleware=[cancel_on_disconnect],
         exception_handlers=EXCEPTION_HANDLERS,
         request_max_body_size=MAX_BODY_BYTES,
+        cors_config=(
+            CORSConfig(allow_origins=list(settings.server.cors_origins), expose_headers=_EXPOSED)
+            if settings.server.cors_origins
+            else None
+        ),
         openapi_config=OpenAPIConfig(
             title="Chat service",
             version="0.1.0",

@@ -24,11 +24,11 @@ from adapters.redis_client import connect
 from adapters.redis_coordination import RedisJobLock, RedisRateLimiter
 from adapters.redis_history import RedisHistory
 from application.delete_history import DeleteHistory
-from application.ports import ChatHistory, RateLimiter
+from application.ports import ChatHistory, JobLock, RateLimiter
 from application.purge_histories import PurgeHistories
 from application.send_message import SendMessage
 from application.show_history import ShowHistory
-from entrypoints.config import MEMORY_URL, LlmSettings, RedisSettings, Settings
+from entrypoints.config import MEMORY_URL, LlmSettings, RedisSettings, Settings, redis_location
 
 
 def _redis_url(redis: RedisSettings) -> Iterator[str]:
@@ -68,6 +68,12 @@ def _longest_request_seconds(policy: RetryPolicy) -> float:
     return (policy.max_retries + 1) * policy.timeout_seconds + policy.max_retries * waits + 20
 
 
+def _store_location(redis: RedisSettings, url: str) -> str:
+    if redis.url == MEMORY_URL:
+        return "the in-memory store"
+    return f"{'' if redis.url else 'embedded '}{redis_location(url)}"
+
+
 def _store_kind(redis: RedisSettings) -> str:
     return "memory" if redis.url == MEMORY_URL else "redis"
 
@@ -102,6 +108,7 @@ class Container(containers.DeclarativeContainer):
     provider_transport = providers.Resource(_provider_transport)
 
     store_kind = providers.Callable(_store_kind, redis_settings)
+    store_location = providers.Callable(_store_location, redis_settings, redis_url)
     history = providers.Selector(
         store_kind,
         memory=providers.Singleton(
@@ -200,6 +207,8 @@ class Services:
     show_history: ShowHistory
     delete_history: DeleteHistory
     history: ChatHistory
+    store_location: str  # where the history store is, for logs and /ready (no password)
+    job_lock: JobLock
     rate_limiter: RateLimiter | None
     cleanup: CleanupScheduler
 
@@ -216,6 +225,8 @@ class Services:
             show_history=await get(container.show_history),
             delete_history=await get(container.delete_history),
             history=await get(container.history),
+            store_location=await get(container.store_location),
+            job_lock=await get(container.job_lock),
             rate_limiter=await get(container.rate_limiter),
             cleanup=await get(container.cleanup),
         )

@@ -17,6 +17,7 @@ from domain.message import Message
 from domain.session import SESSION_ID_ALPHABET, SESSION_ID_MAX_LENGTH, WHITESPACE
 from entrypoints.container import Services
 from entrypoints.http.errors import Problem, problem
+from entrypoints.http.limits import MAX_BODY
 
 # The domain's rules, stated in the OpenAPI document so that a client built from it never
 # sends what it calls valid and gets a 400; the domain enforces them and says what is wrong.
@@ -28,7 +29,10 @@ SessionIdInPath = Annotated[
 ]
 
 
-class ChatRequest(msgspec.Struct):
+class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A field the service does not know (say `model` or `stream`) is a 400 naming it, not
+    silently ignored: the client meant something by it."""
+
     message: Annotated[
         str,
         Parameter(
@@ -55,6 +59,11 @@ class Status(msgspec.Struct):
     status: str
 
 
+class Readiness(msgspec.Struct):
+    status: str
+    store: str  # where the service looked: host and port or socket, never a password
+
+
 def _spec(description: str) -> ResponseSpec:
     return ResponseSpec(data_container=Problem, description=description, generate_examples=False)
 
@@ -71,7 +80,7 @@ _SEND = {
         "The Idempotency-Key was used for a different request, or its first request is "
         "still in progress"
     ),
-    413: _spec("Request body over 1 MiB"),
+    413: _spec(f"Request body over {MAX_BODY}"),
     502: _spec("The model's provider failed or answered something unusable; nothing was stored"),
     504: _spec("The model's provider timed out; nothing was stored"),
 }
@@ -107,12 +116,16 @@ class ChatController(Controller):
         caller: NamedDependency[Caller],
         idempotency_key: Annotated[
             str | None,
+            # The rule is stated in the document and enforced by the domain, whose error says
+            # it in words rather than as a regex.
             HeaderParameter(
                 name="Idempotency-Key",
                 required=False,
-                min_length=1,
-                max_length=IDEMPOTENCY_KEY_MAX_LENGTH,
-                pattern=f"^[{IDEMPOTENCY_KEY_ALPHABET}]*$",
+                schema_extra={
+                    "minLength": 1,
+                    "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
+                    "pattern": f"^[{IDEMPOTENCY_KEY_ALPHABET}]*$",
+                },
                 description=(
                     "Makes a retry safe: a request repeated with the same key (and token) "
                     "within 24 h gets the first reply with 200, without asking the model or "
@@ -159,14 +172,14 @@ async def health() -> Status:
     summary="Readiness: the history store answers",
     tags=["operations"],
     responses={
-        200: ResponseSpec(data_container=Status, description="The history store answers"),
+        200: ResponseSpec(data_container=Readiness, description="The history store answers"),
         503: _spec("A component is not ready; detail names it"),
     },
     dependencies={"services": Provide(_services, sync_to_thread=False)},
 )
-async def ready(services: NamedDependency[Services]) -> Response[Status] | Response[Problem]:
+async def ready(services: NamedDependency[Services]) -> Response[Readiness] | Response[Problem]:
     try:
         await services.history.ping()
-    except HistoryUnavailable as error:
-        return problem(503, f"history store not ready: {error}")
-    return Response(Status("ok"))
+    except HistoryUnavailable:
+        return problem(503, f"history store not ready: {services.store_location} did not answer")
+    return Response(Readiness("ok", services.store_location))

@@ -17,6 +17,7 @@ from application.errors import (
     SessionNotFound,
 )
 from domain.errors import InvalidInput
+from entrypoints.http.limits import MAX_BODY
 
 log = logging.getLogger("chat.http")
 
@@ -41,6 +42,8 @@ def _validation_detail(error: ValidationException) -> str:
             return 'request body is empty; send JSON like {"message": "Hello"}'
         if isinstance(item, dict) and item.get("message"):
             where = item.get("key")
+            if where == "data":  # the body as a whole: the message names the field itself
+                where = None
             if item.get("source") == ParamType.HEADER:  # the header's name, not the parameter's
                 in_body, where = False, f"header {str(where).replace('_', '-').title()}"
             reasons.append(f"{item['message']}" + (f" ({where})" if where else ""))
@@ -52,7 +55,7 @@ def _validation_detail(error: ValidationException) -> str:
 def _http_exception(_: Request[Any, Any, Any], error: HTTPException) -> Response[Problem]:
     detail = _validation_detail(error) if isinstance(error, ValidationException) else error.detail
     if error.status_code == 413:
-        detail = "request body is too large (the limit is 1 MiB)"
+        detail = f"request body is too large (the limit is {MAX_BODY})"
     elif isinstance(error.__cause__, SerializationException):
         detail = f"request body is not valid JSON: {detail}"
     return problem(error.status_code, detail, error.headers)

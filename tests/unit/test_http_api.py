@@ -14,7 +14,14 @@ from application.errors import HistoryUnavailable, ModelTimeout
 from domain.message import Message
 from domain.session import SessionKey
 from entrypoints.asgi import create_app
-from entrypoints.config import AuthSettings, HistorySettings, RateLimit, RedisSettings, Settings
+from entrypoints.config import (
+    AuthSettings,
+    HistorySettings,
+    RateLimit,
+    RedisSettings,
+    ServerSettings,
+    Settings,
+)
 from entrypoints.container import Container
 from tests.unit.fakes import ScriptedModel, unavailable
 
@@ -107,6 +114,8 @@ async def test_chat_round_trip_and_history(client: Client) -> None:
         ({"session_id": 7, "message": "x"}, "Expected `str | null`, got `int`"),
         ({}, "missing required field `message`"),
         ([1, 2], "Expected `object`, got `array`"),
+        ({"message": "x", "model": "gpt-4o"}, "unknown field `model`"),
+        ({"message": "x", "stream": True}, "unknown field `stream`"),
     ],
 )
 async def test_bad_input_is_a_400_that_says_why(
@@ -170,7 +179,46 @@ async def test_store_down_is_a_503_and_ready_names_it(model: ScriptedModel) -> N
         assert (await client.get("/health")).json() == {"status": "ok"}
         ready = await client.get("/ready")
         assert ready.status_code == 503
-        assert "history store" in ready.json()["detail"]
+        assert ready.json()["detail"] == (
+            "history store not ready: the in-memory store did not answer"
+        )
+
+
+async def test_ready_says_where_it_looked(client: Client) -> None:
+    ready = await client.get("/ready")
+    assert ready.json() == {"status": "ok", "store": "the in-memory store"}
+
+
+async def test_cors_lets_the_configured_origins_call_the_api(model: ScriptedModel) -> None:
+    config = settings(
+        server=ServerSettings(cors_origins=("http://front.example",)),
+        auth=AuthSettings(tokens=("t0ken",)),
+    )
+    async with serve(config, model) as client:
+        preflight = await client.options(
+            "/chat/",
+            headers={
+                "Origin": "http://front.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "authorization, content-type, idempotency-key",
+            },
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == "http://front.example"
+        assert "idempotency-key" in preflight.headers["access-control-allow-headers"]
+        sent = await client.post(
+            "/chat/",
+            json={"message": "hi"},
+            headers={"Origin": "http://front.example", "Authorization": "Bearer t0ken"},
+        )
+        assert sent.headers["access-control-allow-origin"] == "http://front.example"
+        assert "Retry-After" in sent.headers["access-control-expose-headers"]
+        other = await client.post(
+            "/chat/",
+            json={"message": "hi"},
+            headers={"Origin": "http://evil.example", "Authorization": "Bearer t0ken"},
+        )
+        assert "access-control-allow-origin" not in other.headers
 
 
 async def test_tokens_guard_chat_but_not_health(model: ScriptedModel) -> None:
@@ -270,5 +318,5 @@ async def test_a_bad_idempotency_key_is_a_400_that_says_so(
     )
 
     assert response.status_code == 400
-    assert "idempotency-key" in response.json()["detail"].lower()
+    assert response.json()["detail"] == ("Idempotency-Key must be 1-128 printable ASCII characters")
     assert model.seen == []
