@@ -45,6 +45,18 @@ def worker_by_redis_port(service: Service, redis_port: int) -> dict[int, int]:
     }
 
 
+async def keep_talking(service: Service, session_id: str, seconds: float) -> int:
+    """Send message after message in one session for that long; return how many."""
+    turns = 0
+    deadline = time.monotonic() + seconds
+    async with service.async_client() as http:
+        while time.monotonic() < deadline:
+            body = {"session_id": session_id, "message": f"turn {turns}"}
+            service.expect(await http.post("/chat/", json=body), 200)
+            turns += 1
+    return turns
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_three_workers_purge_once_per_interval_in_total(
@@ -72,6 +84,7 @@ async def test_three_workers_purge_once_per_interval_in_total(
         config = {
             "redis": {"url": redis_server.url},
             "cleanup": {"enabled": "true", "interval_seconds": str(INTERVAL)},
+            "history": {"max_messages": "10000"},
         }
         service = await asyncio.to_thread(launch, config, workers=WORKERS)
         await asyncio.to_thread(
@@ -90,8 +103,12 @@ async def test_three_workers_purge_once_per_interval_in_total(
             service.expect(await http.get("/chat/doomed"), 404)
 
         started, purged_before = time.time(), len(purges(service))
-        await asyncio.sleep(WATCH_SECONDS)
+        turns = await keep_talking(service, "in-use", WATCH_SECONDS)
         ended, purged_during = time.time(), len(purges(service)) - purged_before
+        async with service.async_client() as http:
+            kept = service.expect(await http.get("/chat/in-use"), 200)["messages"]
+        # Idle histories go each interval; one written to all along never loses a turn.
+        assert len(kept) == 2 * turns, (turns, kept[:4])
         workers = worker_by_redis_port(service, redis_server.port)
         assert await asyncio.to_thread(service.stop) == 0, service.output()
         await asyncio.sleep(0.5)  # MONITOR's report of the last claims is on its way

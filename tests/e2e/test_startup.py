@@ -17,6 +17,7 @@ from tests.e2e.conftest import (
     ServiceLauncher,
     alive,
     assert_paired,
+    free_port,
     redis_server_pids,
     run_serve,
     wait_until,
@@ -213,6 +214,9 @@ async def test_two_workers_share_one_embedded_redis_and_one_history(
     wait_until(lambda: len(_ready_lines(service)) == 2, 15, "both workers ready")
     socket_path = str(service.data_dir / "redis.sock")
     assert all(socket_path in line for line in _ready_lines(service)), _ready_lines(service)
+    assert all("config=" in line for line in _ready_lines(service)), _ready_lines(service)
+    # Said to the operator once per service, not once per worker.
+    assert service.stderr().count("AUTH IS OFF") == 1, service.output()
     workers = worker_pids(service.process.pid)
     assert len(workers) == 2, workers
     assert len(redis_server_pids(service.data_dir)) == 1
@@ -244,3 +248,20 @@ async def test_two_workers_share_one_embedded_redis_and_one_history(
     assert service.stop() == 0, service.output()
     assert redis_server_pids(service.data_dir) == [], service.output()
     assert not [pid for pid in workers if alive(pid)]
+
+
+def test_a_redis_that_does_not_answer_is_named_at_start_and_by_ready(
+    launch: ServiceLauncher,
+) -> None:
+    port = free_port()  # nothing listens there
+    service = launch({"redis": {"url": f"redis://:{SECRET}@127.0.0.1:{port}/0"}})
+
+    warning = f"redis at 127.0.0.1:{port} does not answer: requests will get 503 until it does"
+    wait_until(lambda: warning in service.stderr(), 10, "the warning")
+    with service.client() as http:
+        ready = http.get("/ready")
+    assert ready.status_code == 503
+    assert ready.json()["detail"] == (
+        f"history store not ready: redis at 127.0.0.1:{port} did not answer"
+    )
+    assert SECRET not in service.output()
