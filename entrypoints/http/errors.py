@@ -68,16 +68,17 @@ def _unreadable_body(_: Request[Any, Any, Any], error: Exception) -> Response[Pr
     return problem(400, "request body is not valid JSON: it is nested too deeply")
 
 
-def _invalid_input(_: Request[Any, Any, Any], error: InvalidInput) -> Response[Problem]:
-    return problem(400, str(error))
+# The caller's mistakes: the use case's message is the detail, as it is.
+_STATUS: dict[type[Exception], int] = {
+    InvalidInput: 400,
+    SessionNotFound: 404,
+    IdempotencyConflict: 409,
+}
 
 
-def _not_found(_: Request[Any, Any, Any], error: SessionNotFound) -> Response[Problem]:
-    return problem(404, str(error))
-
-
-def _conflict(_: Request[Any, Any, Any], error: IdempotencyConflict) -> Response[Problem]:
-    return problem(409, str(error))
+def _refused(_: Request[Any, Any, Any], error: Exception) -> Response[Problem]:
+    status = next(code for kind, code in _STATUS.items() if isinstance(error, kind))
+    return problem(status, str(error))
 
 
 def _store_down(request: Request[Any, Any, Any], error: HistoryUnavailable) -> Response[Problem]:
@@ -101,9 +102,7 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_exception,
     UnicodeDecodeError: _unreadable_body,
     RecursionError: _unreadable_body,
-    InvalidInput: _invalid_input,
-    SessionNotFound: _not_found,
-    IdempotencyConflict: _conflict,
+    **dict.fromkeys(_STATUS, _refused),
     HistoryUnavailable: _store_down,
     ModelUnavailable: _model_failed,
     Exception: _unexpected,
