@@ -26,6 +26,7 @@ from entrypoints.container import Container, Services, close_resources
 from entrypoints.http.auth import BearerAuth
 from entrypoints.http.controllers import ChatController, health, ready
 from entrypoints.http.disconnect import cancel_on_disconnect
+from entrypoints.http.docs import DOCS_PATH, docs_assets, docs_render_plugins, home
 from entrypoints.http.errors import EXCEPTION_HANDLERS
 from entrypoints.http.limits import MAX_BODY_BYTES
 
@@ -98,7 +99,7 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         **security,
     )
     return Litestar(
-        route_handlers=[chat, health, ready],
+        route_handlers=[chat, health, ready, home, docs_assets()],
         lifespan=[lifespan],
         # configure_logging()'s plain handler, not Litestar's queue handler: its thread is
         # never drained in a worker ended by uvicorn's re-raised SIGTERM, losing last lines.
@@ -118,6 +119,8 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
             components=Components(
                 security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer")}
             ),
+            path=DOCS_PATH,
+            render_plugins=docs_render_plugins(),
         ),
     )
 

@@ -3,7 +3,7 @@
 import httpx
 import msgspec
 
-from adapters.llm.http_call import RetryPolicy, decode_answer, post_json, usable_text
+from adapters.llm.http_call import ProviderEndpoint, RetryPolicy
 from domain.conversation import Conversation
 
 PROVIDER = "the anthropic provider"
@@ -41,6 +41,8 @@ def messages_url(api_url: str) -> str:
 
 
 class AnthropicModel:
+    """The Messages API requires max_tokens, so it is always sent; temperature None is not."""
+
     def __init__(
         self,
         transport: httpx.AsyncBaseTransport,
@@ -49,16 +51,16 @@ class AnthropicModel:
         api_key: str,
         model: str,
         max_tokens: int,
-        temperature: float,
+        temperature: float | None,
         policy: RetryPolicy,
     ) -> None:
-        self._transport = transport
-        self._url = url
-        self._headers = {"x-api-key": api_key, "anthropic-version": API_VERSION}
+        self._endpoint = ProviderEndpoint(
+            transport, url=url, headers={"x-api-key": api_key, "anthropic-version": API_VERSION},
+            policy=policy, provider=PROVIDER, model=model, secret=api_key,
+        )  # fmt: skip
         self._model = model
         self._max_tokens = max_tokens
         self._temperature = temperature
-        self._policy = policy
         self._encode = msgspec.json.Encoder().encode
         self._decoder = msgspec.json.Decoder(_Answer)
 
@@ -70,9 +72,8 @@ class AnthropicModel:
             system=conversation.system_prompt,
             temperature=self._temperature,
         )
-        raw = await post_json(
-            self._transport, self._url, body=self._encode(request), headers=self._headers,
-            policy=self._policy, provider=PROVIDER,
-        )  # fmt: skip
-        answer = decode_answer(self._decoder, raw, PROVIDER)
-        return usable_text("".join(b.text for b in answer.content if b.type == "text"), PROVIDER)
+        raw = await self._endpoint.post(self._encode(request))
+        answer = self._endpoint.decode(self._decoder, raw)
+        return self._endpoint.usable_text(
+            "".join(b.text for b in answer.content if b.type == "text")
+        )

@@ -5,11 +5,12 @@ the system prompt goes in front of the first user turn.
 """
 
 import re
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 
-from adapters.llm.http_call import RetryPolicy, decode_answer, post_json, usable_text
+from adapters.llm.http_call import ProviderEndpoint, RetryPolicy, bearer
 from domain.conversation import Conversation
 
 PROVIDER = "the huggingface provider"
@@ -38,8 +39,8 @@ def mistral_prompt(conversation: Conversation) -> str:
 
 
 class _Parameters(msgspec.Struct, omit_defaults=True):
-    max_new_tokens: int
     return_full_text: bool  # required, so always sent: the Inference API defaults to true
+    max_new_tokens: int | None = None
     temperature: float | None = None
     do_sample: bool | None = None
 
@@ -54,40 +55,38 @@ class _Generated(msgspec.Struct):
 
 
 class HuggingFaceModel:
+    """max_tokens and temperature None are not sent: the server's defaults apply. The model is
+    named by the URL, so its path stands for the model in error reports."""
+
     def __init__(
         self,
         transport: httpx.AsyncBaseTransport,
         *,
         url: str,
         api_key: str,
-        max_tokens: int,
-        temperature: float,
+        max_tokens: int | None,
+        temperature: float | None,
         policy: RetryPolicy,
     ) -> None:
-        self._transport = transport
-        self._url = url
-        self._headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        # TGI rejects temperature 0; greedy decoding is what 0 means.
-        self._parameters = (
-            _Parameters(max_tokens, False, temperature=temperature, do_sample=True)
-            if temperature > 0
-            else _Parameters(max_tokens, False, do_sample=False)
-        )
-        self._policy = policy
+        self._endpoint = ProviderEndpoint(
+            transport, url=url, headers=bearer(api_key), policy=policy, provider=PROVIDER,
+            model=urlsplit(url).path, secret=api_key,
+        )  # fmt: skip
+        self._parameters = _Parameters(False, max_new_tokens=max_tokens)
+        if temperature is not None:
+            # TGI rejects temperature 0; greedy decoding is what 0 means.
+            self._parameters.do_sample = temperature > 0
+            self._parameters.temperature = temperature if temperature > 0 else None
         self._encode = msgspec.json.Encoder().encode
         self._decoder = msgspec.json.Decoder(list[_Generated] | _Generated)
 
     async def reply(self, conversation: Conversation) -> str:
         prompt = mistral_prompt(conversation)
-        raw = await post_json(
-            self._transport, self._url, body=self._encode(_Request(prompt, self._parameters)),
-            headers=self._headers, policy=self._policy, provider=PROVIDER,
-        )  # fmt: skip
-        answer = decode_answer(self._decoder, raw, PROVIDER)
+        raw = await self._endpoint.post(self._encode(_Request(prompt, self._parameters)))
+        answer = self._endpoint.decode(self._decoder, raw)
         if isinstance(answer, list):
             if not answer:
-                return usable_text(None, PROVIDER)
+                return self._endpoint.usable_text(None)
             answer = answer[0]
-        text = answer.generated_text
         # Some servers ignore return_full_text and echo the prompt first.
-        return usable_text(text.removeprefix(prompt).strip(), PROVIDER)
+        return self._endpoint.usable_text(answer.generated_text.removeprefix(prompt).strip())

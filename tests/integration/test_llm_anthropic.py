@@ -14,10 +14,12 @@ from tests.support.provider_stub import (
 )
 
 
-def _model(client: httpx.AsyncBaseTransport, url: str) -> AnthropicModel:
+def _model(
+    client: httpx.AsyncBaseTransport, url: str, temperature: float | None = 0.5
+) -> AnthropicModel:
     return AnthropicModel(
         client, url=url, api_key="sk-ant-test-secret", model="claude-3-5-haiku-latest",
-        max_tokens=256, temperature=0.5, policy=FAST,
+        max_tokens=256, temperature=temperature, policy=FAST,
     )  # fmt: skip
 
 
@@ -71,6 +73,20 @@ async def test_without_a_system_prompt_sends_no_system_field(
     await model.reply(sample_conversation(system=None))
 
     assert "system" not in provider_stub.requests[0].json
+
+
+async def test_temperature_none_is_not_sent_and_max_tokens_always_is(
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
+) -> None:
+    """The Messages API requires max_tokens; temperature left out means the model's default."""
+    provider_stub.plan(json_reply(anthropic_body("4")))
+    model = _model(provider_client, messages_url(provider_stub.url), temperature=None)
+
+    await model.reply(sample_conversation())
+
+    sent = provider_stub.requests[0].json
+    assert "temperature" not in sent
+    assert sent["max_tokens"] == 256
 
 
 async def test_joins_the_text_blocks_and_skips_the_others(

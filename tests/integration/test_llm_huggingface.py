@@ -17,11 +17,13 @@ def _model(
     url: str,
     *,
     api_key: str = "hf_test_secret",
-    temperature: float = 0.7,
+    max_tokens: int | None = 64,
+    temperature: float | None = 0.7,
 ) -> HuggingFaceModel:
     return HuggingFaceModel(
-        client, url=url, api_key=api_key, max_tokens=64, temperature=temperature, policy=FAST
-    )
+        client, url=url, api_key=api_key, max_tokens=max_tokens, temperature=temperature,
+        policy=FAST,
+    )  # fmt: skip
 
 
 async def test_sends_the_mistral_prompt_and_returns_the_generated_text(
@@ -68,6 +70,19 @@ async def test_temperature_zero_asks_for_greedy_decoding(
     assert request.path == "/generate"
     assert request.json["parameters"]["do_sample"] is False
     assert "temperature" not in request.json["parameters"]
+
+
+async def test_none_for_max_tokens_and_temperature_leaves_both_to_the_server(
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
+) -> None:
+    provider_stub.plan(json_reply(huggingface_body("4")))
+    model = _model(
+        provider_client, provider_stub.url + "/generate", max_tokens=None, temperature=None
+    )
+
+    await model.reply(sample_conversation())
+
+    assert provider_stub.requests[0].json["parameters"] == {"return_full_text": False}
 
 
 async def test_a_local_server_needs_no_key(

@@ -2,7 +2,9 @@
 
 Built on asyncio.start_server, so a test decides every byte and every pause: each request is
 answered by the next planned Reply, or by `default` once the plan runs out. A Reply's `kind`
-selects how it misbehaves; a new fault is a new kind handled in `_send`.
+selects how it misbehaves; a new fault is a new kind handled in `_send`. Where the answer
+depends on the request (a model that refuses some parameters), a Responder stands in for the
+Reply and makes one from the request.
 
 The stub also shows what its client does: `open_connections` and `replying` right now, and in
 `abandoned` every connection the client closed before its reply was completely sent, with the
@@ -18,7 +20,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
@@ -59,6 +61,9 @@ class RecordedRequest:
     @property
     def json(self) -> Any:
         return json.loads(self.body)
+
+
+Responder = Callable[[RecordedRequest], Reply]
 
 
 # before-headers: during the reply's delay (or a no_headers reply). during-body: after the status
@@ -147,15 +152,136 @@ def huggingface_body(text: str, *, as_list: bool = True) -> object:
     return [answer] if as_list else answer
 
 
+# --- refusals as the providers word them, byte for byte ------------------------------------
+# OpenAI indents its error JSON by two spaces; Anthropic, Hugging Face and TGI send it compact.
+
+OPENAI_KEY_PAGE = "https://platform.openai.com/account/api-keys"
+
+
+def openai_error(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    kind: str = "invalid_request_error",
+) -> Reply:
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    body = json.dumps({"error": error}, indent=2)
+    return Reply(status, body.encode(), {"content-type": "application/json"})
+
+
+def openai_max_tokens_refused() -> Reply:
+    """o-series and GPT-5 models, sent `max_tokens`."""
+    return openai_error(
+        400,
+        "Unsupported parameter: 'max_tokens' is not supported with this model. "
+        "Use 'max_completion_tokens' instead.",
+        param="max_tokens",
+        code="unsupported_parameter",
+    )
+
+
+def openai_temperature_refused(value: object) -> Reply:
+    """GPT-5 and later o-series models, sent a temperature other than 1."""
+    return openai_error(
+        400,
+        f"Unsupported value: 'temperature' does not support {json.dumps(value)} with this "
+        "model. Only the default (1) value is supported.",
+        param="temperature",
+        code="unsupported_value",
+    )
+
+
+def openai_temperature_unknown() -> Reply:
+    """o1 and o3-mini, sent any temperature."""
+    return openai_error(
+        400,
+        "Unsupported parameter: 'temperature' is not supported with this model.",
+        param="temperature",
+        code="unsupported_parameter",
+    )
+
+
+def openai_wrong_key(key: str) -> Reply:
+    """OpenAI shows a wrong key's first 8 and last 4 characters."""
+    masked = key[:8] + "*" * max(len(key) - 12, 4) + key[-4:]
+    return openai_error(
+        401,
+        f"Incorrect API key provided: {masked}. You can find your API key at {OPENAI_KEY_PAGE}.",
+        code="invalid_api_key",
+    )
+
+
+def openai_unknown_model(model: str) -> Reply:
+    return openai_error(
+        404,
+        f"The model `{model}` does not exist or you do not have access to it.",
+        code="model_not_found",
+    )
+
+
+def openai_context_too_long() -> Reply:
+    return openai_error(
+        400,
+        "This model's maximum context length is 128000 tokens. However, your messages "
+        "resulted in 130017 tokens. Please reduce the length of the messages.",
+        param="messages",
+        code="context_length_exceeded",
+    )
+
+
+def openai_rate_limited(model: str) -> Reply:
+    return openai_error(
+        429,
+        f"Rate limit reached for {model} in organization org-Stub0rg4n1zat10nId on requests "
+        "per min (RPM): Limit 3, Used 3, Requested 1. Please try again in 20s. Visit "
+        "https://platform.openai.com/account/rate-limits to learn more.",
+        code="rate_limit_exceeded",
+        kind="requests",
+    )
+
+
+def openai_reasoning_model(answer: str = "reasoned answer") -> Responder:
+    """OpenAI serving a reasoning model: it refuses `max_tokens` and any temperature but 1,
+    one refusal at a time, and answers a request that has neither."""
+
+    def respond(request: RecordedRequest) -> Reply:
+        sent = request.json
+        if "max_tokens" in sent:
+            return openai_max_tokens_refused()
+        if sent.get("temperature", 1) != 1:
+            return openai_temperature_refused(sent["temperature"])
+        return json_reply(openai_body(answer))
+
+    return respond
+
+
+def anthropic_error(status: int, kind: str, message: str) -> Reply:
+    error = {"type": "error", "error": {"type": kind, "message": message}}
+    body = json.dumps({**error, "request_id": "req_011CStubRequest0001"}, separators=(",", ":"))
+    return Reply(status, body.encode(), {"content-type": "application/json"})
+
+
+def huggingface_error(status: int, error: str | list[str], error_type: str | None = None) -> Reply:
+    """The Inference API's `{"error": ...}` (a message or a list of them); TGI adds
+    `error_type`."""
+    payload: dict[str, object] = {"error": error}
+    if error_type is not None:
+        payload["error_type"] = error_type
+    body = json.dumps(payload, separators=(",", ":"))
+    return Reply(status, body.encode(), {"content-type": "application/json"})
+
+
 NOTHING_PLANNED = error_reply(500)
 
 
 class ProviderStub:
-    def __init__(self, default: Reply = NOTHING_PLANNED) -> None:
+    def __init__(self, default: Reply | Responder = NOTHING_PLANNED) -> None:
         self.default = default
         self.requests: list[RecordedRequest] = []
         self.abandoned: list[Abandoned] = []
-        self._planned: deque[Reply] = deque()
+        self._planned: deque[Reply | Responder] = deque()
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self._connections = 0
@@ -178,7 +304,7 @@ class ProviderStub:
         """Requests whose reply is not yet complete (in its delay, or its body being sent)."""
         return self._replying
 
-    def plan(self, *replies: Reply) -> None:
+    def plan(self, *replies: Reply | Responder) -> None:
         """Answer the next requests with these replies, in order, then with `default`."""
         self._planned.extend(replies)
 
@@ -214,6 +340,8 @@ class ProviderStub:
             while request := await _read_request(reader, connection):
                 self.requests.append(request)
                 reply = self._planned.popleft() if self._planned else self.default
+                if not isinstance(reply, Reply):
+                    reply = reply(request)
                 self._replying += 1
                 try:
                     if not await _send(reply, reader, writer):
@@ -338,7 +466,7 @@ async def _write(reply: Reply, reader: asyncio.StreamReader, writer: asyncio.Str
 
 
 @contextlib.contextmanager
-def running_stub(default: Reply = NOTHING_PLANNED) -> Iterator[ProviderStub]:
+def running_stub(default: Reply | Responder = NOTHING_PLANNED) -> Iterator[ProviderStub]:
     """A stub serving from its own thread and event loop, for a service run in a subprocess."""
     stub = ProviderStub(default)
     loop = asyncio.new_event_loop()
