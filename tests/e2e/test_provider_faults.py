@@ -19,6 +19,7 @@ import pytest
 
 from tests.e2e.conftest import Service, ServiceLauncher, wait_until
 from tests.support.provider_stub import (
+    OPENAI_KEY_PAGE,
     ProviderStub,
     Reply,
     cut_mid_body,
@@ -27,6 +28,9 @@ from tests.support.provider_stub import (
     json_reply,
     no_headers,
     openai_body,
+    openai_context_too_long,
+    openai_unknown_model,
+    openai_wrong_key,
     trickle,
 )
 from tests.support.redis_server import RedisServer
@@ -34,6 +38,7 @@ from tests.support.redis_server import RedisServer
 TOKEN = "tok-provider-faults"
 TIMEOUT_SECONDS = 1.0
 MAX_RETRIES = 1
+MODEL = "gpt-4o-mini"
 ATTEMPTS = MAX_RETRIES + 1
 MIB = 1024 * 1024
 JSON = {"content-type": "application/json"}
@@ -47,6 +52,7 @@ def _config(redis: RedisServer, api_url: str) -> dict[str, dict[str, str]]:
         "llm": {
             "provider": "openai",
             "api_url": api_url,
+            "model": MODEL,
             "timeout_seconds": str(TIMEOUT_SECONDS),
             "max_retries": str(MAX_RETRIES),
         },
@@ -359,3 +365,46 @@ def test_a_5xx_then_an_answer_is_200_stored_once(
     assert len(stub.requests) == 2
     after = _history(service, http, sid)
     _stored_once(before, after, "second time lucky", f"fine after a {status}")
+
+
+# --- the provider refuses ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reply", "said"),
+    [
+        (
+            openai_wrong_key("sk-proj-WrongKey0123456789abcdefWXYZ"),
+            f"refused the credentials (HTTP 401, model {MODEL}): Incorrect API key provided: "
+            f"[redacted]. You can find your API key at {OPENAI_KEY_PAGE}.",
+        ),
+        (
+            openai_unknown_model(MODEL),
+            f"found no such URL or model (HTTP 404, model {MODEL}, URL ",
+        ),
+        (
+            openai_context_too_long(),
+            f"rejected the request (HTTP 400, model {MODEL}): This model's maximum context "
+            "length is 128000 tokens.",
+        ),
+    ],
+    ids=["401", "404", "400"],
+)
+def test_a_refusal_is_502_whose_detail_and_log_line_say_what_the_provider_said(
+    service: Service, stub: ProviderStub, http: httpx.Client, sid: str, reply: Reply, said: str
+) -> None:
+    before = _seeded(service, http, stub, sid)
+    stub.plan(reply)
+
+    detail = _failed(service, _ask(http, sid, "refused"), 502)
+
+    assert detail.startswith("the openai-compatible provider "), detail
+    assert said in detail
+    assert len(stub.requests) == 1  # a refusal is final
+
+    def logged() -> list[str]:
+        return [line for line in service.stderr().splitlines() if line.endswith(f": {detail}")]
+
+    wait_until(lambda: bool(logged()), 2.0, "the refusal in the service's log")
+    assert logged()[0].startswith("WARNING "), logged()
+    assert _history(service, http, sid) == before

@@ -16,12 +16,16 @@ from tests.e2e.conftest import Service, ServiceLauncher, openai_config
 from tests.support.provider_stub import (
     ProviderStub,
     Reply,
+    anthropic_error,
     cut_mid_body,
     error_reply,
     garbage_reply,
+    huggingface_error,
     json_reply,
     no_headers,
     openai_body,
+    openai_error,
+    openai_wrong_key,
     running_stub,
     slow,
 )
@@ -93,6 +97,20 @@ def test_no_secret_in_any_response_or_in_the_service_output(
             bodies.append(alice.post("/chat/", json={"session_id": "s", "message": "fail"}))
             service.expect(bodies[-1], status)
 
+        # Refusals whose message echoes the key, in each provider's shape: the 502's detail
+        # carries the provider's words, and the key is not among them.
+        for refusal in (
+            openai_wrong_key(API_KEY),
+            openai_error(400, f"Invalid 'user': {API_KEY!r} looks like an API key"),
+            anthropic_error(401, "authentication_error", f"invalid x-api-key {API_KEY}"),
+            huggingface_error(401, [f"Authorization: Bearer {API_KEY} is not valid"]),
+            Reply(403, f"denied for {API_KEY}\n".encode(), {"content-type": "text/plain"}),
+        ):
+            module_stub.plan(refusal)
+            bodies.append(alice.post("/chat/", json={"session_id": "s", "message": "refused"}))
+            detail = service.expect(bodies[-1], 502)["detail"]
+            assert "[redacted]" in detail, detail
+
         # Wrong tokens, and a real token under the wrong scheme.
         for authorization in (f"Basic {ALICE}", f"Bearer {ALICE}-", f"Bearer {BOB[:-1]}"):
             bodies.append(alice.get("/chat/s", headers={"authorization": authorization}))
@@ -162,12 +180,18 @@ def _leaks(text: str) -> list[str]:
     return found + ([MARKER] if MARKER in text else [])
 
 
+# The key as a JSON string with "/" escaped, as some servers write it.
+ESCAPED_KEY = json.dumps(LEAKY_KEY)[1:-1].replace("/", "\\/")
+
 # (what the provider answers, in order; the status the client then gets). max_retries is 1,
 # so a retried failure is planned twice.
 PROVIDER_FAILURES: list[tuple[list[Reply], int]] = [
     ([error_reply(500)] * 2, 502),
     ([json_reply({"error": {"message": f"Incorrect API key provided: {LEAKY_KEY}"}}, 401)], 502),
     ([json_reply({"error": f"slow down, {LEAKY_KEY}"}, 429, {"retry-after": "0"})] * 2, 502),
+    ([openai_wrong_key(LEAKY_KEY)], 502),
+    ([openai_error(400, f"Invalid 'user': {quote(LEAKY_KEY, safe='')} is not a user id")], 502),
+    ([Reply(400, f'{{"error": {{"message": "key {ESCAPED_KEY}"}}}}'.encode())], 502),
     ([Reply(503, f"upstream of {LEAKY_KEY}".encode(), {"retry-after": "0"})] * 2, 502),
     ([json_reply({"choices": LEAKY_KEY})], 502),
     ([json_reply({"choices": [{"message": {"content": {"key": LEAKY_KEY}}}]})], 502),
@@ -264,6 +288,8 @@ def test_no_secret_in_any_log_line_or_body_while_provider_store_and_auth_all_fai
         assert not _leaks(keys), keys
         assert service.stop() == 0  # SIGTERM: whatever it prints on the way out is read too
 
+    # The provider's words reached the client, so it is their key-free form that was read.
+    assert any("[redacted]" in response.text for response in responses)
     for response in responses:
         where = f"{response.request.method} {response.request.url.path} -> {response.status_code}"
         assert not _leaks(response.text), (where, response.text)
