@@ -73,6 +73,7 @@ class ProviderEndpoint:
 
         429, 5xx and connection failures are retried up to policy.max_retries times with
         jittered exponential backoff, or after Retry-After (capped); other statuses are final.
+        Either way an error status ends as ProviderRefused, in the provider's own words.
         Each attempt has a total deadline, so a trickling body cannot hold a request forever,
         and a timeout is final: retrying it would multiply the user's wait. The request goes
         straight to the transport: httpx.AsyncClient's cookie, auth, redirect and URL-merging

@@ -35,8 +35,9 @@ _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
 class ProviderSaid(msgspec.Struct, frozen=True):
-    """A refusal's gist: its message (cleaned, key-free) and, where the provider names them,
-    the parameter at fault and its error code (OpenAI's `param` and `code`)."""
+    """A refusal's gist: its message (one line, key-free, short, once read_refusal returns it)
+    and, where the provider names them, the parameter at fault and its error code (OpenAI's
+    `param` and `code`)."""
 
     message: str = ""
     param: str | None = None
