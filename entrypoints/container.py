@@ -32,16 +32,17 @@ from entrypoints.config import MEMORY_URL, LlmSettings, RedisSettings, Settings,
 
 
 def _redis_url(redis: RedisSettings) -> Iterator[str]:
-    """The configured URL, or the embedded server's (started here, stopped at shutdown)."""
+    """The configured URL, or the embedded server's, claimed for the service's root process:
+    it stops when that process ends (released here when this process is the root)."""
     if redis.url:
         yield redis.url
         return
     server = EmbeddedRedis(Path(redis.data_dir))
-    url = server.start()
+    url = server.acquire()
     try:
         yield url
     finally:
-        server.stop()
+        server.release()
 
 
 async def _redis_client(url: str) -> AsyncIterator[Redis]:
@@ -159,7 +160,13 @@ class Container(containers.DeclarativeContainer):
     language_model = providers.Selector(
         providers.Callable(_provider_name, llm),
         echo=providers.Singleton(EchoModel),
-        openai=providers.Singleton(OpenAIChatModel, provider_transport, model=llm.model, **remote),
+        openai=providers.Singleton(
+            OpenAIChatModel,
+            provider_transport,
+            model=llm.model,
+            max_tokens_parameter=llm.max_tokens_parameter,
+            **remote,
+        ),
         anthropic=providers.Singleton(
             AnthropicModel, provider_transport, model=llm.model, **remote
         ),

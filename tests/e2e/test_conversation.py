@@ -180,3 +180,28 @@ def test_the_openapi_document_describes_the_chat_routes(service: Service) -> Non
     assert document["openapi"].startswith("3.")
     paths = {path.rstrip("/") for path in document["paths"]}
     assert {"/chat", "/chat/{session_id}", "/health", "/ready"} <= paths
+
+
+def test_a_reasoning_model_gets_max_completion_tokens_and_no_temperature(
+    module_launch: ServiceLauncher, module_stub: ProviderStub, module_redis: RedisServer
+) -> None:
+    """As config.ini spells it for OpenAI's o-series and GPT-5."""
+    llm = openai_config(
+        module_stub,
+        model="gpt-5-mini",
+        max_tokens="300",
+        temperature="",
+        max_tokens_parameter="max_completion_tokens",
+    )
+    service = module_launch({"redis": {"url": module_redis.url}, "llm": llm})
+    module_stub.plan(json_reply(openai_body("Thought it through.")))
+    seen = len(module_stub.requests)
+
+    with service.client() as http:
+        reply = service.expect(http.post("/chat/", json={"message": "Think."}), 200)
+
+    assert reply["response"] == "Thought it through."
+    (request,) = module_stub.requests[seen:]
+    assert request.json["max_completion_tokens"] == 300
+    assert "max_tokens" not in request.json
+    assert "temperature" not in request.json
