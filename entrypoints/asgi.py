@@ -23,7 +23,7 @@ from application.errors import HistoryUnavailable
 from application.ports import JobLock
 from entrypoints.config import ConfigError, Settings, describe, load_settings
 from entrypoints.container import Container, Services, close_resources
-from entrypoints.http.auth import BearerAuth
+from entrypoints.http.auth import AuthAndRateLimit
 from entrypoints.http.controllers import ChatController, health, ready
 from entrypoints.http.disconnect import cancel_on_disconnect
 from entrypoints.http.docs import DOCS_PATH, docs_assets, docs_render_plugins, home
@@ -95,7 +95,7 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
     chat = Router(
         "/",
         route_handlers=[ChatController],
-        middleware=[DefineMiddleware(BearerAuth, tokens=settings.auth.tokens)],
+        middleware=[DefineMiddleware(AuthAndRateLimit, tokens=settings.auth.tokens)],
         **security,
     )
     return Litestar(

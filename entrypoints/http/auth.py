@@ -15,7 +15,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from domain.session import PUBLIC_NAMESPACE, namespace_for
 
 
-class BearerAuth:
+class AuthAndRateLimit:
     """Sets `request.state.namespace`: whose sessions this request may touch."""
 
     def __init__(self, app: ASGIApp, tokens: tuple[str, ...]) -> None:

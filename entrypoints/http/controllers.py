@@ -93,7 +93,7 @@ def _services(state: State) -> Services:
 
 @dataclass(frozen=True, slots=True)
 class Caller:
-    """Whose sessions a request may touch (set by BearerAuth) and the services it uses. One
+    """Whose sessions a request may touch (set by AuthAndRateLimit) and the services it uses. One
     dependency rather than two: Litestar resolves two in a task group, on every request."""
 
     namespace: str
