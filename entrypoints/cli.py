@@ -1,12 +1,16 @@
-"""`chat-service serve`: validate the config, start the embedded Redis once, run uvicorn."""
+"""`chat-service serve`: validate the config, claim the embedded Redis, run uvicorn."""
 
 import argparse
+import contextlib
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from adapters.embedded_redis import EmbeddedRedis, EmbeddedRedisError
 from entrypoints.asgi import configure_logging
@@ -46,30 +50,54 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int) 
               "use one worker or a shared Redis", file=sys.stderr)  # fmt: skip
         return 2
 
-    # One embedded server for all workers: started here, handed to them as a URL.
+    # A terminal closing (SIGHUP) stops the service as SIGTERM does. uvicorn re-raises SIGTERM
+    # once it has shut down gracefully; by default that would end this process before it
+    # released the embedded Redis below (which waits for its append-only file's fsync).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGHUP, lambda *_: signal.raise_signal(signal.SIGTERM))
+    # This process is the service's root: it claims the embedded server before any worker
+    # starts, so a server that cannot start is one line here; the workers join the claim.
     embedded = None
     if not settings.redis.url:
         embedded = EmbeddedRedis(Path(settings.redis.data_dir))
         try:
-            os.environ["CHAT_REDIS_URL"] = embedded.start()
+            embedded.acquire()
         except (EmbeddedRedisError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-    # uvicorn re-raises SIGTERM once it has shut down gracefully; by default that would end
-    # this process before the embedded Redis is stopped (and saved) below.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
-        uvicorn.run(
-            "entrypoints.asgi:app",
-            host=host or settings.server.host,
-            port=port or settings.server.port,
-            workers=workers,
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        )
+        started = _run_uvicorn(host or settings.server.host, port or settings.server.port, workers)
     finally:
         if embedded is not None:
-            embedded.stop()
-    return 0
+            embedded.release()
+    return 0 if started else STARTUP_FAILURE
+
+
+class _Workers(Multiprocess):
+    """uvicorn's worker manager, except that SIGHUP stops the service as SIGTERM does,
+    instead of restarting the workers."""
+
+    def handle_hup(self) -> None:
+        logging.getLogger("uvicorn.error").info("Received SIGHUP, exiting.")
+        self.should_exit.set()
+
+
+def _run_uvicorn(host: str, port: int, workers: int) -> bool:
+    """uvicorn.run() with _Workers for several workers; False if the app did not start."""
+    config = uvicorn.Config(
+        "entrypoints.asgi:app",
+        host=host,
+        port=port,
+        workers=workers,
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    if workers > 1:
+        _Workers(config, sockets=[config.bind_socket()]).run()
+        return True
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises SIGINT once stopped
+        server.run()
+    return server.started
 
 
 def main(argv: list[str] | None = None) -> int:
