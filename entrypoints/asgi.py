@@ -6,7 +6,7 @@ opens nothing, and a config mistake ends the process with one line instead of a 
 
 import logging
 import multiprocessing
-import os
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -19,6 +19,7 @@ from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from adapters.embedded_redis import service_root_pid
 from application.errors import HistoryUnavailable
 from application.ports import JobLock
 from entrypoints.config import ConfigError, Settings, describe, load_settings
@@ -58,8 +59,7 @@ async def _check_store(services: Services) -> None:
 async def _first_of_this_service(lock: JobLock) -> bool:
     """True in one worker of this service: notices meant for its operator are said once,
     not once per worker. A store that does not answer says yes (better twice than never)."""
-    parent = multiprocessing.parent_process()  # uvicorn --workers N: the manager
-    service = f"{socket.gethostname()}:{parent.pid if parent else os.getpid()}"
+    service = f"{socket.gethostname()}:{service_root_pid()}"
     try:
         return await lock.claim(f"startup-notice:{service}", ttl_seconds=60)
     except HistoryUnavailable:
@@ -72,11 +72,15 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        if multiprocessing.parent_process() is not None:
+            # A worker: a closing terminal's SIGHUP reaches the whole process group, and its
+            # manager stops the workers gracefully; dying at once would cut requests short.
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         services = await Services.resolve(container)
         app.state.services = services
         if settings.cleanup.enabled:
             services.cleanup.start()
-        log.info("ready: %s", describe(settings))
+        log.info("ready: %s", describe(settings, services.store_location))
         await _check_store(services)
         if not settings.auth.tokens and await _first_of_this_service(services.job_lock):
             log.warning(

@@ -430,16 +430,9 @@ def redis_location(url: str) -> str:
     return f"redis at {parts.hostname}:{port}"
 
 
-def describe(settings: Settings) -> str:
-    """One log line of what was chosen, without any secret."""
-    redis = settings.redis.url
-    store = (
-        f"embedded redis-server in {settings.redis.data_dir}"
-        if not redis
-        else "in-memory (nothing kept)"
-        if redis == MEMORY_URL
-        else redis_location(redis)
-    )
+def describe(settings: Settings, store: str) -> str:
+    """One log line of what was chosen, without any secret; `store` says where the history
+    store is (the embedded server's socket is known only once it runs)."""
     auth = f"{len(settings.auth.tokens)} token(s)" if settings.auth.tokens else "OFF"
     return (
         f"config={settings.source} provider={settings.llm.provider} "

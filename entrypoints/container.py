@@ -72,7 +72,7 @@ def _longest_request_seconds(policy: RetryPolicy) -> float:
 def _store_location(redis: RedisSettings, url: str) -> str:
     if redis.url == MEMORY_URL:
         return "the in-memory store"
-    return f"{'' if redis.url else 'embedded '}{redis_location(url)}"
+    return f"{'' if redis.url else 'the embedded '}{redis_location(url)}"
 
 
 def _store_kind(redis: RedisSettings) -> str:

@@ -8,9 +8,11 @@ what was refused must not be.
 """
 
 import asyncio
+import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,3 +171,26 @@ async def test_sigterm_under_load_answers_in_flight_requests_and_keeps_what_was_
     # Each worker said it stopped its cleanup job (checked last: see STOPPED_LINE_LOST).
     stopped = service.stderr().count("cleanup scheduler stopped")
     assert stopped == workers, f"{stopped} of {workers}: {STOPPED_LINE_LOST}\n{service.output()}"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_closing_the_terminal_lets_two_workers_finish_what_they_answer(
+    launch: ServiceLauncher,
+) -> None:
+    """A closing terminal sends SIGHUP to the whole process group, workers included: the
+    manager stops them gracefully, so a reply under way is still given and kept."""
+    with running_stub(slow(json_reply(openai_body("worth the wait")), 2 * DELAY)) as stub:
+        config = {"redis": {"url": "", "data_dir": "./data"}, "llm": openai_config(stub)}
+        service = launch(config, workers=2)
+        assert service.process is not None
+        assert service.data_dir is not None
+        wait_until(lambda: service.stderr().count(" ready: ") == 2, 20, "both workers ready")
+        body = {"session_id": "hup", "message": "still there?"}
+        with service.client() as http, ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(http.post, "/chat/", json=body)
+            wait_until(lambda: len(stub.requests) == 1, 10, "the provider asked")
+            os.killpg(service.process.pid, signal.SIGHUP)
+            assert answer.result().status_code == 200, answer.result().text
+        assert service.process.wait(EXIT_WITHIN) == 0, service.output()
+        assert redis_server_pids(service.data_dir) == [], service.output()

@@ -86,17 +86,17 @@ def test_lists_and_choices(tmp_path: Path) -> None:
     assert settings.cleanup.scope == "all"
     assert settings.llm.max_tokens_parameter == "max_completion_tokens"
     assert str(settings.auth.rate_limit) == "60/minute"
-    assert "rate_limit=60/minute" in describe(settings)
+    assert "rate_limit=60/minute" in describe(settings, "redis at x:1")
 
 
 def test_the_startup_line_says_what_cleanup_deletes_and_names_the_file(tmp_path: Path) -> None:
     path = write(tmp_path, "[cleanup]\ninterval_seconds = 900\n")
-    line = describe(load_settings(path, {}))
+    line = describe(load_settings(path, {}), "redis at x:1")
     assert f"config={path}" in line
     assert "every 900 s, deletes chat histories not written to for 900 s" in line
-    everything = describe(load_settings(path, {"CHAT_CLEANUP_SCOPE": "all"}))
+    everything = describe(load_settings(path, {"CHAT_CLEANUP_SCOPE": "all"}), "-")
     assert "deletes EVERY chat history, in use or not" in everything
-    assert "cleanup=off" in describe(load_settings(path, {"CHAT_CLEANUP_ENABLED": "no"}))
+    assert "cleanup=off" in describe(load_settings(path, {"CHAT_CLEANUP_ENABLED": "no"}), "-")
 
 
 def test_without_a_file_the_defaults_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
