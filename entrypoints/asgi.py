@@ -25,6 +25,7 @@ from application.ports import JobLock
 from entrypoints.config import ConfigError, Settings, describe, load_settings
 from entrypoints.container import Container, Services, close_resources
 from entrypoints.http.auth import AuthAndRateLimit
+from entrypoints.http.closed_structs import ClosedStructSchema
 from entrypoints.http.controllers import ChatController, health, ready
 from entrypoints.http.disconnect import cancel_on_disconnect
 from entrypoints.http.docs import DOCS_PATH, docs_assets, docs_render_plugins, home
@@ -110,6 +111,7 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         logging_config=None,
         middleware=[cancel_on_disconnect],
         exception_handlers=EXCEPTION_HANDLERS,
+        plugins=[ClosedStructSchema()],
         request_max_body_size=MAX_BODY_BYTES,
         cors_config=(
             CORSConfig(allow_origins=list(settings.server.cors_origins), expose_headers=_EXPOSED)

@@ -222,7 +222,7 @@ def test_operations_routes_need_no_token(service: Service, path: str) -> None:
     with service.client() as anonymous:
         body = service.expect(anonymous.get(path), 200)
     if path != "/schema/openapi.json":
-        assert body == {"status": "ok"}
+        assert body["status"] == "ok"
 
 
 def test_a_token_cannot_see_change_or_extend_another_tokens_session(
