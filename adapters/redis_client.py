@@ -20,7 +20,7 @@ class StoreCall:
 
     Any Redis error, or no answer within the timeout, leaves as HistoryUnavailable with that
     text. One asyncio deadline per call rather than redis-py's socket timeouts: those cost a
-    task per command sent (asyncio.wait_for), a third of redis-py's CPU per command. A call
+    task per command sent (asyncio.wait_for), much of redis-py's CPU per command. A call
     cut off mid-command is safe: redis-py drops a connection whose command was cancelled.
     """
 
@@ -72,7 +72,7 @@ def connect(url: str, *, retries: int = 2, max_connections: int = 1000) -> Redis
     so a Redis that stopped answering is reported within its timeout. The pool's cap is far
     above what one process keeps busy (redis-py 8's default of 100 failed the 101st
     concurrent command under load); redis-py's blocking pool would wait at the cap instead,
-    but its locking and bookkeeping cost about 50 us of CPU per command.
+    but its locking and bookkeeping cost measurable CPU on every command (docs/benchmark).
     """
     pool = ConnectionPool.from_url(
         url,
