@@ -31,20 +31,12 @@ from entrypoints.http.disconnect import cancel_on_disconnect
 from entrypoints.http.docs import DOCS_PATH, docs_assets, docs_render_plugins, home
 from entrypoints.http.errors import EXCEPTION_HANDLERS
 from entrypoints.http.limits import MAX_BODY_BYTES
+from entrypoints.logs import configure_logging
 
 log = logging.getLogger("chat")
 
 # What a browser client on another origin may read besides the body and simple headers.
 _EXPOSED = ["Retry-After", "WWW-Authenticate"]
-
-
-def configure_logging() -> None:
-    """Our lines at INFO; httpx's per-request lines off (they would log every provider URL)."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("chat").setLevel(logging.INFO)
-    for noisy in ("httpx", "apscheduler"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 async def _check_store(services: Services) -> None:

@@ -13,8 +13,8 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from adapters.embedded_redis import EmbeddedRedis, EmbeddedRedisError
-from entrypoints.asgi import configure_logging
 from entrypoints.config import CONFIG_ENV, MEMORY_URL, ConfigError, load_settings
+from entrypoints.logs import configure_logging
 
 GRACEFUL_SHUTDOWN_SECONDS = 30
 

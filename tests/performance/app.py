@@ -27,11 +27,11 @@ from domain.conversation import build_conversation
 from domain.idempotency import Reply
 from domain.message import Message, check_user_message
 from domain.session import session_id_or_new
-from entrypoints.asgi import configure_logging
 from entrypoints.asgi import create_app as create_service_app
 from entrypoints.config import ConfigError, load_settings
 from entrypoints.container import Container
 from entrypoints.http.controllers import ChatRequest, Status
+from entrypoints.logs import configure_logging
 from tests.performance.workload import ASSISTANT_TEXT, USER_TEXT
 
 PROXY_HISTORY_ENV = "BENCH_PROXY_HISTORY"
