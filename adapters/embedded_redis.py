@@ -3,7 +3,7 @@ exactly as long as the services that use it.
 
 Used when [redis] url is empty, so a fresh checkout has a real, persistent store with
 nothing installed. One server runs per data_dir, under a small supervisor of ours
-(`python -m adapters.embedded_redis`, in a session of its own: neither a worker's death nor
+(adapters/embedded_redis_supervisor.py, in a session of its own: neither a worker's death nor
 a Ctrl-C aimed at the service stops the store under requests still finishing). Each service
 registers its root process as an owner; when no owner is left, however it ended, the
 supervisor stops redis-server with SIGTERM (which fsyncs the append-only file). On Linux
@@ -14,11 +14,9 @@ redis-supervisor.json (who runs the server and who owns it), redis-supervisor.lo
 redis-server's own files.
 """
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -32,21 +30,22 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
+
+import msgspec
 
 log = logging.getLogger(__name__)
 
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux
 _LOCK = "redis.lock"
-_STATE = "redis-supervisor.json"
+STATE_FILE = "redis-supervisor.json"
 _SUPERVISOR_LOG = "redis-supervisor.log"
-_SERVER_LOG = "redis.log"
-_POLL_SECONDS = 0.1  # how soon the supervisor notices that its last owner is gone
-_STOP_TIMEOUT_SECONDS = 30.0
+SERVER_LOG = "redis.log"
+POLL_SECONDS = 0.1  # how soon the supervisor notices that its last owner is gone
+STOP_TIMEOUT_SECONDS = 30.0
 # The starter gives up sooner (and stops the supervisor); this is for a starter that died.
-_SUPERVISOR_START_TIMEOUT_SECONDS = 60.0
+SUPERVISOR_START_TIMEOUT_SECONDS = 60.0
 _PROC = Path("/proc")
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class EmbeddedRedisError(RuntimeError):
@@ -108,7 +107,7 @@ def _stat(pid: int) -> tuple[str, int] | None:
 
 
 @dataclass
-class _State:
+class SupervisorState:
     """redis-supervisor.json: written by the supervisor once its server answers, then by
     each owner joining or leaving; always under the flock, always whole (rename)."""
 
@@ -117,41 +116,24 @@ class _State:
     started_by: str
     owners: list[Proc] = field(default_factory=list)
 
-    def dump(self) -> dict[str, Any]:
-        def proc(p: Proc) -> list[int | None]:
-            return [p.pid, p.start]
-
-        return {
-            "supervisor": proc(self.supervisor),
-            "server": proc(self.server),
-            "started_by": self.started_by,
-            "owners": [proc(owner) for owner in self.owners],
-        }
-
     @classmethod
-    def read(cls, data_dir: Path) -> "_State | None":
+    def read(cls, data_dir: Path) -> "SupervisorState | None":
         try:
-            raw = json.loads((data_dir / _STATE).read_text())
-            return cls(
-                supervisor=Proc(*raw["supervisor"]),
-                server=Proc(*raw["server"]),
-                started_by=raw["started_by"],
-                owners=[Proc(*owner) for owner in raw["owners"]],
-            )
-        except (OSError, ValueError, KeyError, TypeError):
+            return msgspec.json.decode((data_dir / STATE_FILE).read_bytes(), type=cls)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
             return None
 
     def write(self, data_dir: Path) -> None:
-        temporary = data_dir / f"{_STATE}.{os.getpid()}"
-        temporary.write_text(json.dumps(self.dump()))
-        temporary.replace(data_dir / _STATE)
+        temporary = data_dir / f"{STATE_FILE}.{os.getpid()}"
+        temporary.write_bytes(msgspec.json.encode(self))
+        temporary.replace(data_dir / STATE_FILE)
 
     def live_owners(self) -> list[Proc]:
         return [owner for owner in self.owners if owner.alive()]
 
 
 @contextlib.contextmanager
-def _locked(data_dir: Path) -> Iterator[int]:
+def locked(data_dir: Path) -> Iterator[int]:
     """The data_dir's flock, held until the block ends; yields its file descriptor (a
     supervisor being started inherits it, so the lock lasts until its state is written)."""
     with open(data_dir / _LOCK, "a") as lock:
@@ -189,7 +171,7 @@ def _ask(socket_path: Path, command: bytes, complete: Callable[[bytes], bool]) -
         return b""
 
 
-def _answers(socket_path: Path) -> bool:
+def answers(socket_path: Path) -> bool:
     return _ask(socket_path, b"PING", lambda reply: b"\r\n" in reply).startswith(b"+PONG")
 
 
@@ -235,7 +217,7 @@ class EmbeddedRedis:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self._start_timeout
         while True:
-            with _locked(self.data_dir) as lock:
+            with locked(self.data_dir) as lock:
                 if self._join_or_start(claim, lock):
                     return self.url
             if time.monotonic() > deadline:
@@ -243,15 +225,15 @@ class EmbeddedRedis:
                     f"the embedded redis-server in {self.data_dir} has a supervisor but does "
                     f"not answer; see {self.data_dir / _SUPERVISOR_LOG}"
                 )
-            time.sleep(_POLL_SECONDS)
+            time.sleep(POLL_SECONDS)
 
     def _join_or_start(self, claim: Proc, lock: int) -> bool:
         """Under the flock: False when a supervisor runs whose server has just died (it is
         clearing up, and needs the lock to)."""
         self._reap()
-        state = _State.read(self.data_dir)
+        state = SupervisorState.read(self.data_dir)
         if state is not None and state.supervisor.alive():
-            if not _answers(self.socket_path):
+            if not answers(self.socket_path):
                 return False
             if claim not in state.owners:  # else another worker of this service joined it
                 state.owners.append(claim)
@@ -275,9 +257,9 @@ class EmbeddedRedis:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(state.server.pid, signal.SIGTERM)
             server = state.server
-            if not _wait_for(lambda: not server.alive(), _STOP_TIMEOUT_SECONDS):
+            if not _wait_for(lambda: not server.alive(), STOP_TIMEOUT_SECONDS):
                 raise EmbeddedRedisError(f"redis-server pid {server.pid} did not stop")
-        elif _answers(self.socket_path):
+        elif answers(self.socket_path):
             pid = _server_pid(self.socket_path)
             log.warning(
                 "reusing a redis-server in %s (pid %s) that no supervisor of this service "
@@ -298,7 +280,7 @@ class EmbeddedRedis:
     def _start(self, claim: Proc, lock: int) -> None:
         self.socket_path.unlink(missing_ok=True)
         command = [
-            sys.executable, "-m", __name__,
+            sys.executable, "-m", "adapters.embedded_redis_supervisor",
             "--data-dir", str(self.data_dir),
             "--socket", str(self.socket_path),
             "--binary", self._binary or _redis_server_binary(),
@@ -325,7 +307,7 @@ class EmbeddedRedis:
             process.wait()
             raise EmbeddedRedisError(
                 f"embedded redis-server did not start in {self.data_dir}; see "
-                f"{self.data_dir / _SERVER_LOG} and {self.data_dir / _SUPERVISOR_LOG}"
+                f"{self.data_dir / SERVER_LOG} and {self.data_dir / _SUPERVISOR_LOG}"
             )
         self._supervisor = process
         log.info(
@@ -337,15 +319,15 @@ class EmbeddedRedis:
             claim.describe(),
         )
 
-    def release(self, owner: int | None = None, timeout: float = _STOP_TIMEOUT_SECONDS) -> None:
+    def release(self, owner: int | None = None, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
         """End owner's claim (by default this process's own: a worker's claim is its
         manager's and ends with it). When it was the last, wait until the supervisor has
         stopped the server, its append-only file fsynced."""
-        if not (self.data_dir / _STATE).exists():
+        if not (self.data_dir / STATE_FILE).exists():
             return
         claim = Proc.of(os.getpid() if owner is None else owner)
-        with _locked(self.data_dir):
-            state = _State.read(self.data_dir)
+        with locked(self.data_dir):
+            state = SupervisorState.read(self.data_dir)
             if state is None or claim not in state.owners:
                 return
             state.owners.remove(claim)
@@ -358,7 +340,7 @@ class EmbeddedRedis:
             self._reap()
             if not supervisor.alive():
                 return True
-            now = _State.read(self.data_dir)
+            now = SupervisorState.read(self.data_dir)
             return now is not None and bool(now.live_owners())
 
         if not _wait_for(stopped_or_taken_over, timeout):
@@ -385,123 +367,3 @@ def _read_line(stream: IO[bytes], timeout: float) -> str:
     exited or timed out first."""
     ready, _, _ = select.select([stream], [], [], timeout)
     return stream.readline().decode().strip() if ready else ""
-
-
-# The supervisor: `python -m adapters.embedded_redis`, started by EmbeddedRedis._start.
-
-
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """For redis-server's preexec_fn: SIGTERM when the supervisor dies, however it dies."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork, not in the child
-
-    def arrange() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:  # it died before the line above took effect
-            os._exit(1)
-
-    return arrange
-
-
-def _spawn_server(binary: str, data_dir: Path, socket_path: Path) -> subprocess.Popen[bytes]:
-    args = [
-        binary,
-        "--port", "0",
-        "--unixsocket", str(socket_path),
-        "--unixsocketperm", "700",
-        "--dir", str(data_dir),
-        "--dbfilename", "chat.rdb",
-        "--appendonly", "yes",
-        "--appendfilename", "chat.aof",
-        "--appendfsync", "everysec",
-        "--save", "300 1",
-        "--logfile", str(data_dir / _SERVER_LOG),
-        "--daemonize", "no",
-    ]  # fmt: skip
-    return subprocess.Popen(  # noqa: S603
-        args,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent(os.getpid()) if sys.platform == "linux" else None,
-    )
-
-
-def _stop_server(server: subprocess.Popen[bytes]) -> None:
-    """SIGTERM makes redis-server fsync its append-only file and exit."""
-    if server.poll() is not None:
-        return
-    server.send_signal(signal.SIGTERM)
-    try:
-        server.wait(_STOP_TIMEOUT_SECONDS)
-    except subprocess.TimeoutExpired:
-        log.error("redis-server did not stop in %ss; killing it", _STOP_TIMEOUT_SECONDS)
-        server.kill()
-        server.wait()
-
-
-def _clear(data_dir: Path, socket_path: Path) -> None:
-    (data_dir / _STATE).unlink(missing_ok=True)
-    socket_path.unlink(missing_ok=True)
-
-
-def _supervise(arguments: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {__name__}")
-    for name in ("--data-dir", "--socket", "--binary", "--lock-fd", "--owner", "--started-by"):
-        parser.add_argument(name, required=True)
-    args = parser.parse_args(arguments)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s supervisor %(process)d: %(message)s"
-    )
-    data_dir, socket_path = Path(args.data_dir), Path(args.socket)
-    pid, start = args.owner.split(":")
-    owner = Proc(int(pid), int(start) if start else None)
-
-    stop_asked: list[int] = []
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda number, _: stop_asked.append(number))
-
-    server = _spawn_server(args.binary, data_dir, socket_path)
-    deadline = time.monotonic() + _SUPERVISOR_START_TIMEOUT_SECONDS
-    while not _answers(socket_path):
-        if server.poll() is not None or stop_asked or time.monotonic() > deadline:
-            _stop_server(server)
-            log.error(
-                "redis-server did not start (status %s); see %s",
-                server.returncode,
-                data_dir / _SERVER_LOG,
-            )
-            return 1
-        time.sleep(0.02)
-    me = Proc.of(os.getpid())
-    _State(me, Proc.of(server.pid), args.started_by, [owner]).write(data_dir)
-    os.close(int(args.lock_fd))  # the state is written: others may now join, or start anew
-    print(server.pid, flush=True)
-    with open(os.devnull, "wb") as null:  # the starter reads no more
-        os.dup2(null.fileno(), sys.stdout.fileno())
-    log.info("redis-server pid %d serves %s for %s", server.pid, data_dir, args.started_by)
-
-    while True:
-        time.sleep(_POLL_SECONDS)
-        if server.poll() is not None:
-            with _locked(data_dir):
-                _clear(data_dir, socket_path)
-            log.error("redis-server exited by itself (status %s)", server.returncode)
-            return 1
-        state = _State.read(data_dir)
-        if not stop_asked and state is not None and state.live_owners():
-            continue
-        # A new owner registers under this lock, so it never joins a server being stopped.
-        with _locked(data_dir):
-            state = _State.read(data_dir)
-            if not stop_asked and state is not None and state.live_owners():
-                continue
-            _stop_server(server)
-            _clear(data_dir, socket_path)
-        reason = f"signal {stop_asked[0]}" if stop_asked else "no owner left"
-        log.info("redis-server pid %d stopped (%s)", server.pid, reason)
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_supervise(sys.argv[1:]))
