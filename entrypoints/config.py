@@ -20,6 +20,7 @@ from urllib.parse import quote, urlsplit
 import msgspec
 from msgspec import Meta
 
+from adapters.llm.token_limit import TokenLimitParameter
 from application.purge_histories import CleanupScope
 
 CONFIG_ENV = "CHAT_CONFIG"
@@ -129,7 +130,6 @@ def _comma_list(text: str) -> tuple[str, ...]:
 _DEFAULT_DATA_DIR = "./data"
 Port = Annotated[int, Meta(ge=1, le=65535)]
 Provider = Literal["echo", "openai", "huggingface", "anthropic"]
-TokenLimitName = Literal["auto", "max_tokens", "max_completion_tokens"]
 
 
 class ServerSettings(msgspec.Struct, frozen=True):
@@ -164,7 +164,7 @@ class LlmSettings(msgspec.Struct, frozen=True):
     timeout_seconds: Annotated[float, Meta(gt=0, le=3600)] = 60.0
     max_retries: Annotated[int, Meta(ge=0, le=10)] = 2
     max_tokens: Annotated[int, Meta(ge=1)] | None = 512  # None: not sent
-    max_tokens_parameter: TokenLimitName = "auto"
+    max_tokens_parameter: TokenLimitParameter = "auto"
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = 0.7  # None: not sent
     exact_url: bool = False  # set by the seed's format only: api_url is the endpoint itself
 

@@ -1,21 +1,19 @@
 """OpenAI-compatible Chat Completions: OpenAI, Mistral, Groq, vLLM, Ollama, TGI Messages API..."""
 
 import logging
-from typing import Literal, get_args
+from typing import get_args
 
 import httpx
 import msgspec
 
 from adapters.llm.http_call import ProviderEndpoint, RetryPolicy, bearer
 from adapters.llm.provider_error import ProviderRefused, ProviderSaid
+from adapters.llm.token_limit import TokenLimitParameter
 from domain.conversation import Conversation
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "the openai-compatible provider"
-
-# "auto" (or empty) sends max_tokens until the provider refuses it, then max_completion_tokens.
-TokenLimitParameter = Literal["auto", "", "max_tokens", "max_completion_tokens"]
 
 
 class _Message(msgspec.Struct):
@@ -87,7 +85,7 @@ class OpenAIChatModel:
         self._model = model or None
         self._max_tokens = max_tokens
         self._temperature = temperature
-        self._learns = max_tokens_parameter in ("auto", "")
+        self._learns = max_tokens_parameter == "auto"
         self._limit_name = "max_tokens" if self._learns else max_tokens_parameter
         self._sends_temperature = True
         self._encode = msgspec.json.Encoder().encode

@@ -6,8 +6,9 @@ import logging
 import httpx
 import pytest
 
-from adapters.llm.openai import OpenAIChatModel, TokenLimitParameter, chat_completions_url
+from adapters.llm.openai import OpenAIChatModel, chat_completions_url
 from adapters.llm.provider_error import ProviderRefused
+from adapters.llm.token_limit import TokenLimitParameter
 from application.errors import ModelUnavailable
 from tests.integration.llm_samples import FAST, sample_conversation
 from tests.support.provider_stub import (
