@@ -39,7 +39,7 @@ log = logging.getLogger("chat")
 _EXPOSED = ["Retry-After", "WWW-Authenticate"]
 
 
-async def _check_store(services: Services) -> None:
+async def _store_answers(services: Services) -> bool:
     """One ping at start, so a wrong address shows in the log before the first 503 does."""
     try:
         await services.history.ping()
@@ -47,11 +47,13 @@ async def _check_store(services: Services) -> None:
         log.warning(
             "%s does not answer: requests will get 503 until it does", services.store_location
         )
+        return False
+    return True
 
 
 async def _first_of_this_service(lock: JobLock) -> bool:
     """True in one worker of this service: notices meant for its operator are said once,
-    not once per worker. A store that does not answer says yes (better twice than never)."""
+    not once per worker. A store that fails now says yes (better twice than never)."""
     service = f"{socket.gethostname()}:{service_root_pid()}"
     try:
         return await lock.claim(f"startup-notice:{service}", ttl_seconds=60)
@@ -74,8 +76,12 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         if settings.cleanup.enabled:
             services.cleanup.start()
         log.info("ready: %s", describe(settings, services.store_location))
-        await _check_store(services)
-        if not settings.auth.tokens and await _first_of_this_service(services.job_lock):
+        # A store that did not answer the ping is not asked again for the lock: the notice is
+        # said (in every worker) rather than the start delayed by a second timeout.
+        answers = await _store_answers(services)
+        if not settings.auth.tokens and (
+            not answers or await _first_of_this_service(services.job_lock)
+        ):
             log.warning(
                 "AUTH IS OFF: [auth] tokens is empty, so anyone who can reach this port can "
                 "read and write every session. Set tokens in config.ini or CHAT_AUTH_TOKENS."
