@@ -70,6 +70,12 @@ _decode = msgspec.msgpack.Decoder(tuple[Role, str, datetime]).decode
 _decode_receipt = msgspec.msgpack.Decoder(Receipt).decode
 
 
+def history_key(key_prefix: str, key: SessionKey) -> str:
+    """A session's history. Its other keys are tagged `{<this key>}`: a key without a tag
+    hashes whole, so in a Redis Cluster they all share this one's slot."""
+    return f"{key_prefix}:history:{key.namespace}:{key.session_id}"
+
+
 def _milliseconds(seconds: float) -> int:
     return max(1, round(seconds * 1000))
 
@@ -95,6 +101,7 @@ class RedisHistory:
         self, client: Redis, *, key_prefix: str, max_messages: int, ttl_seconds: int
     ) -> None:
         self._client = client
+        self._key_prefix = key_prefix
         self._prefix = f"{key_prefix}:history:"
         self._max_messages = max_messages
         self._ttl = ttl_seconds
@@ -106,7 +113,7 @@ class RedisHistory:
         self._unlink_unchanged = client.register_script(_UNLINK_UNCHANGED)
 
     def _key(self, key: SessionKey) -> str:
-        return f"{self._prefix}{key.namespace}:{key.session_id}"
+        return history_key(self._key_prefix, key)
 
     def _receipt_key(self, receipt: Receipt) -> str:
         return f"{self._receipt_prefix}{receipt.namespace}:{receipt.key}"

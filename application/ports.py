@@ -1,12 +1,14 @@
 """What the use cases need from the world. Each port has a real and an in-memory adapter."""
 
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable, Sequence
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
+from domain.answer import Answer, Usage
 from domain.conversation import Conversation
 from domain.idempotency import Receipt, Reply
 from domain.message import Message
+from domain.reply_events import ReplyEvent
 from domain.session import SessionKey
 
 Clock = Callable[[], datetime]
@@ -70,8 +72,56 @@ class RequestReceipts(Protocol):
 
 @runtime_checkable
 class LanguageModel(Protocol):
-    async def reply(self, conversation: Conversation) -> str:
+    async def reply(self, conversation: Conversation) -> Answer:
         """The model's next message; raises ModelUnavailable or ModelTimeout."""
+        ...
+
+    def stream(self, conversation: Conversation) -> AsyncGenerator[str | Usage, None]:
+        """The next message as the provider writes it: non-empty text deltas, then the
+        provider's Usage if it counts one. Failures are retried only before the first delta;
+        after it they raise ModelUnavailable, or ModelTimeout when no delta came for the
+        timeout. Closing the iterator ends the provider's call."""
+        ...
+
+
+class Published(NamedTuple):
+    upto: int  # the seq of the last event now stored
+    stop_requested: bool
+
+
+class ReplyRead(NamedTuple):
+    events: list[ReplyEvent]
+    running: bool  # its producer still renews its lease (false once it ended, or died)
+
+
+@runtime_checkable
+class ReplyLog(Protocol):
+    """The events of the replies being streamed, kept while they run and `keep_seconds`
+    after, readable from every worker. A session's latest reply is the one last published.
+    Failures raise HistoryUnavailable."""
+
+    async def publish(
+        self, key: SessionKey, reply_id: str, events: Sequence[ReplyEvent], published: int
+    ) -> Published:
+        """Store `events[published + 1:]` (events holds the whole reply so far, seq = index),
+        make this the session's latest reply, and renew its producer's lease, which ends
+        with a terminal event. Should the store have lost what was published (a restart),
+        everything is stored again."""
+        ...
+
+    async def latest(self, key: SessionKey) -> str | None:
+        """The session's latest reply, while it runs or is kept."""
+        ...
+
+    async def read(
+        self, key: SessionKey, reply_id: str, after: int, wait_seconds: float
+    ) -> ReplyRead | None:
+        """The reply's events after seq `after`, waiting up to wait_seconds for one if there
+        are none yet; None when the reply is not (or no longer) known."""
+        ...
+
+    async def request_stop(self, key: SessionKey) -> bool:
+        """Ask the producer of the session's latest reply to stop; False if none is running."""
         ...
 
 

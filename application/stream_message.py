@@ -1,0 +1,263 @@
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Literal, TypeVar
+
+from application.errors import HistoryUnavailable, ModelUnavailable
+from application.ports import ChatHistory, Clock, LanguageModel, ReplyLog
+from application.reply_run import ReplyRun
+from application.send_message import utc_now
+from domain.answer import Usage, estimate_usage
+from domain.conversation import Conversation, build_conversation, prompt_texts
+from domain.message import Message, check_user_message
+from domain.reply_events import DeltaData, DoneData, ErrorData, SessionData, new_reply_id
+from domain.session import SessionKey, session_id_or_new
+
+log = logging.getLogger(__name__)
+
+OnDisconnect = Literal["continue", "cancel"]
+
+# A reply's events reach the log in batches, one write per FLUSH_SECONDS at most; while
+# nothing new comes, a heartbeat renews the producer's lease (and asks whether to stop)
+# every HEARTBEAT_SECONDS. A lease not renewed for LEASE_SECONDS means the producer died.
+FLUSH_SECONDS = 0.1
+HEARTBEAT_SECONDS = 0.5
+LEASE_SECONDS = 3.0
+# How long a finished reply keeps trying to publish its last events to a failing store.
+FINAL_PUBLISH_SECONDS = 10.0
+
+CLIENT_GONE = "the client disconnected and [llm] stream_on_disconnect is cancel; nothing was stored"
+SHUT_DOWN = "the service stopped before the reply was complete; nothing was stored"
+
+
+class StreamMessage:
+    """Answer a user's message as the model writes it, and remember the exchange.
+
+    Rules (besides SendMessage's on the session, the message and what the model sees):
+    - Nothing is promised before the model's first text: a failure until then (the store,
+      the model after its retries) is raised to the caller, and nothing is stored.
+    - From the first text on, the reply runs in a task of its own to its end, whether anyone
+      follows it or not (with on_disconnect "cancel", the asking client hanging up cancels
+      it). It ends with exactly one `done`, sent once the exchange is stored, or one
+      `error`, after which nothing of it is stored.
+    - A stop request ends it early: the text written so far is stored as the reply, and
+      `done` says it stopped; its usage is then an estimate.
+    - Its events are published to the reply log in batches, so that any worker can serve
+      a client that re-attaches, and a producer that dies is noticed by its lease.
+    """
+
+    def __init__(
+        self,
+        history: ChatHistory,
+        model: LanguageModel,
+        log: ReplyLog,
+        *,
+        max_message_chars: int,
+        failure_status: Callable[[BaseException], int],
+        system_prompt: str | None = None,
+        on_disconnect: OnDisconnect = "continue",
+        clock: Clock = utc_now,
+    ) -> None:
+        self._history = history
+        self._model = model
+        self._log = log
+        self._max_message_chars = max_message_chars
+        self._status = failure_status
+        self._system_prompt = system_prompt
+        self._on_disconnect = on_disconnect
+        self._clock = clock
+        self._running: dict[asyncio.Task[None], ReplyRun] = {}
+
+    async def start(self, namespace: str, session_id: str | None, text: str) -> ReplyRun:
+        """Return once the model has written its first text; the run's events follow."""
+        key = SessionKey(namespace, session_id_or_new(session_id))
+        question = Message("user", check_user_message(text, self._max_message_chars), self._clock())
+        stored = await self._history.load(key)
+        conversation = build_conversation(self._system_prompt, stored, question)
+        run = ReplyRun(key, new_reply_id())
+        run.task = asyncio.create_task(self._produce(run, question, conversation))
+        self._running[run.task] = run
+        run.task.add_done_callback(self._forget)
+        try:
+            await asyncio.shield(run.committed)
+        except asyncio.CancelledError:  # the asking client hung up before the first text
+            run.committed.add_done_callback(_retrieve)
+            self.client_gone(run)
+            raise
+        return run
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        del self._running[task]
+
+    def client_gone(self, run: ReplyRun) -> None:
+        """The client that asked for `run` hung up."""
+        if self._on_disconnect == "cancel":
+            _cancel(run, 499, CLIENT_GONE)
+
+    async def drain(self, seconds: float) -> None:
+        """At shutdown: let running replies finish for up to `seconds`, then end them."""
+        if not self._running:
+            return
+        _, late = await asyncio.wait(set(self._running), timeout=seconds)
+        for task in late:
+            _cancel(self._running[task], 503, SHUT_DOWN)
+        if late:
+            await asyncio.wait(late, timeout=FINAL_PUBLISH_SECONDS)
+
+    async def _produce(self, run: ReplyRun, question: Message, conversation: Conversation) -> None:
+        deltas = self._model.stream(conversation)
+        try:
+            try:
+                first = await _first_text(deltas)
+            except BaseException as error:
+                if isinstance(error, asyncio.CancelledError):
+                    run.committed.cancel()
+                    raise
+                run.committed.set_exception(error)
+                return
+            run.emit(SessionData(run.key.session_id))
+            run.emit(DeltaData(first))
+            run.committed.set_result(None)
+            publisher = asyncio.create_task(self._publish(run))
+            try:
+                await self._finish(run, question, conversation, deltas, [first])
+            finally:
+                await _settled(publisher)
+        finally:
+            await deltas.aclose()
+
+    async def _finish(
+        self,
+        run: ReplyRun,
+        question: Message,
+        conversation: Conversation,
+        deltas: AsyncGenerator[str | Usage, None],
+        texts: list[str],
+    ) -> None:
+        """Relay the rest of the reply, store the exchange, and end with done or error."""
+        try:
+            usage, stopped = await self._relay(run, deltas, texts)
+            answer = "".join(texts)
+            if stopped or usage is None:
+                usage = estimate_usage(prompt_texts(conversation), answer)
+            # Once the write is sent, its outcome decides done or error: a cancellation now
+            # waits for it rather than report "nothing stored" about a write that landed.
+            await _uncancellable(
+                self._history.append_exchange(
+                    run.key, question, Message("assistant", answer, self._clock())
+                )
+            )
+        except asyncio.CancelledError:
+            status, detail = run.cancelled_with or (503, SHUT_DOWN)
+            run.emit(ErrorData(status, detail))
+            raise
+        except (ModelUnavailable, HistoryUnavailable) as error:
+            run.emit(ErrorData(self._status(error), str(error)))
+            return
+        except Exception as error:
+            log.exception("reply %s failed", run.reply_id, exc_info=error)
+            run.emit(ErrorData(self._status(error), "internal error; it has been logged"))
+            return
+        run.emit(DoneData(run.key.session_id, answer, usage, stopped))
+
+    async def _relay(
+        self, run: ReplyRun, deltas: AsyncGenerator[str | Usage, None], texts: list[str]
+    ) -> tuple[Usage | None, bool]:
+        """Emit each delta until the model ends or a stop is requested; (usage, stopped)."""
+        usage: Usage | None = None
+
+        async def relay() -> None:
+            nonlocal usage
+            async for chunk in deltas:
+                if isinstance(chunk, str):
+                    texts.append(chunk)
+                    run.emit(DeltaData(chunk))
+                else:
+                    usage = chunk
+
+        relaying = asyncio.create_task(relay())
+        stopping = asyncio.create_task(run.stop.wait())
+        try:
+            await asyncio.wait({relaying, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not relaying.done():
+                relaying.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await relaying
+        if relaying.cancelled():
+            return None, True
+        relaying.result()  # raises what the model raised
+        return usage, False
+
+    async def _publish(self, run: ReplyRun) -> None:
+        """Write the run's new events to the log, FLUSH_SECONDS apart at most, and the
+        heartbeat in between; after the terminal event, keep trying for a while."""
+        published = -1
+        renewed = -HEARTBEAT_SECONDS
+        gave_up_at: float | None = None
+        while True:
+            ended = run.ended.is_set()
+            now = time.monotonic()
+            if len(run.events) - 1 > published or now - renewed >= HEARTBEAT_SECONDS:
+                try:
+                    outcome = await self._log.publish(run.key, run.reply_id, run.events, published)
+                except HistoryUnavailable as error:
+                    log.warning("reply %s: events not published yet: %s", run.reply_id, error)
+                else:
+                    published, renewed = outcome.upto, now
+                    if outcome.stop_requested:
+                        run.stop.set()
+            if ended and published == len(run.events) - 1:
+                return
+            if not ended:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FLUSH_SECONDS):
+                        await run.ended.wait()
+                continue
+            gave_up_at = gave_up_at or now + FINAL_PUBLISH_SECONDS
+            if now > gave_up_at:
+                log.warning("reply %s: its last events were never published", run.reply_id)
+                return
+            await asyncio.sleep(FLUSH_SECONDS)
+
+
+async def _first_text(deltas: AsyncGenerator[str | Usage, None]) -> str:
+    async for chunk in deltas:
+        if isinstance(chunk, str):
+            return chunk
+    raise ModelUnavailable("the model answered with an empty reply")
+
+
+async def _settled(task: asyncio.Task[None]) -> None:
+    """Wait for `task` even if this task is being cancelled: a reply ended by cancellation
+    still publishes its error event."""
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+
+
+T = TypeVar("T")
+
+
+async def _uncancellable(step: Awaitable[T]) -> T:
+    """Run `step` to its end, ignoring cancellation meanwhile."""
+    task = asyncio.ensure_future(step)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    return task.result()
+
+
+def _cancel(run: ReplyRun, status: int, detail: str) -> None:
+    if run.task is not None and not run.task.done():
+        run.cancelled_with = (status, detail)
+        run.task.cancel()
+
+
+def _retrieve(committed: asyncio.Future[None]) -> None:
+    """Mark a failure nobody waits for any more as seen (asyncio warns of unseen ones)."""
+    if not committed.cancelled():
+        committed.exception()

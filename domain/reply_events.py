@@ -1,0 +1,91 @@
+"""A streamed reply as numbered events, and the SSE ids that let a client resume after one.
+
+Each event's data is JSON, encoded once by whoever emits it: the same bytes go to the client,
+to the store and to a client that re-attaches later.
+"""
+
+import re
+import secrets
+from typing import Literal
+
+import msgspec
+
+from domain.answer import Usage
+from domain.errors import InvalidInput
+
+EventName = Literal["session", "delta", "done", "error"]
+TERMINAL: frozenset[str] = frozenset({"done", "error"})
+
+_REPLY_ID = re.compile(r"[0-9a-f]{16}")
+_EVENT_ID = re.compile(r"([0-9a-f]{16})-(\d{1,9})")
+
+
+class InvalidEventId(InvalidInput):
+    pass
+
+
+class ReplyEvent(msgspec.Struct, frozen=True, array_like=True):
+    seq: int  # 0 is the session event; each later event one more
+    name: EventName
+    data: bytes  # JSON
+
+    @property
+    def terminal(self) -> bool:
+        return self.name in TERMINAL
+
+
+class SessionData(msgspec.Struct, frozen=True):
+    session_id: str
+
+
+class DeltaData(msgspec.Struct, frozen=True):
+    text: str
+
+
+class DoneData(msgspec.Struct, frozen=True, omit_defaults=True):
+    session_id: str
+    response: str
+    usage: Usage
+    stopped: bool = False  # POST /chat/{id}/stop ended it; response is what was written until then
+
+
+class ErrorData(msgspec.Struct, frozen=True):
+    status_code: int
+    detail: str
+
+
+EventData = SessionData | DeltaData | DoneData | ErrorData
+_NAMES: dict[type[EventData], EventName] = {
+    SessionData: "session",
+    DeltaData: "delta",
+    DoneData: "done",
+    ErrorData: "error",
+}
+_encode = msgspec.json.Encoder().encode
+
+
+def reply_event(seq: int, data: EventData) -> ReplyEvent:
+    return ReplyEvent(seq, _NAMES[type(data)], _encode(data))
+
+
+def new_reply_id() -> str:
+    return secrets.token_hex(8)
+
+
+def event_id(reply_id: str, seq: int) -> str:
+    return f"{reply_id}-{seq}"
+
+
+def parse_event_id(raw: str) -> tuple[str, int]:
+    """The reply and the event a client saw last, from its Last-Event-ID."""
+    match = _EVENT_ID.fullmatch(raw.strip())
+    if not match:
+        raise InvalidEventId(
+            "Last-Event-ID must be the id of an event this service sent, like "
+            "0123456789abcdef-12"
+        )
+    return match[1], int(match[2])
+
+
+def is_reply_id(text: str) -> bool:
+    return _REPLY_ID.fullmatch(text) is not None
