@@ -154,9 +154,4 @@ class RedisReplyLog:
 
 
 def _events(entries: list[Any], after: int) -> list[ReplyEvent]:
-    return [
-        event
-        for _, fields in entries
-        for event in _decode(fields[b"e"])
-        if event.seq > after
-    ]
+    return [event for _, fields in entries for event in _decode(fields[b"e"]) if event.seq > after]

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 
 from application.errors import HistoryUnavailable, SessionNotFound
 from application.ports import ReplyLog, ReplyRead
+from application.reply_run import Streamed, nothing_to_do
 from domain.reply_events import ErrorData, ReplyEvent, parse_event_id, reply_event
 from domain.session import SessionKey, parse_session_id
 
@@ -33,9 +34,14 @@ class AttachReply:
         self._wait = wait_seconds
 
     async def execute(
-        self, namespace: str, session_id: str, last_event_id: str | None = None
-    ) -> AsyncIterator[ReplyEvent]:
-        """Return once the reply is found (SessionNotFound if not); iterate to follow it."""
+        self,
+        namespace: str,
+        session_id: str,
+        last_event_id: str | None = None,
+        *,
+        idle_seconds: float,
+    ) -> Streamed:
+        """Return once the reply is found (SessionNotFound if not); then follow its events."""
         key = SessionKey(namespace, parse_session_id(session_id))
         reply_id, after = parse_event_id(last_event_id) if last_event_id else (None, -1)
         found = None if reply_id is None else await self._log.read(key, reply_id, after, 0)
@@ -48,12 +54,24 @@ class AttachReply:
             raise SessionNotFound(
                 f"session {key.session_id!r} has no reply running or recently ended"
             )
-        return self._follow(key, reply_id, after, found)
+        return Streamed(
+            reply_id, self._follow(key, reply_id, after, found, idle_seconds), nothing_to_do
+        )
+
+    async def follow(self, key: SessionKey, reply_id: str, idle_seconds: float) -> Streamed | None:
+        """A reply from its first event, if the log knows it."""
+        found = await self._log.read(key, reply_id, -1, 0)
+        if found is None:
+            return None
+        return Streamed(
+            reply_id, self._follow(key, reply_id, -1, found, idle_seconds), nothing_to_do
+        )
 
     async def _follow(
-        self, key: SessionKey, reply_id: str, after: int, read: ReplyRead
-    ) -> AsyncIterator[ReplyEvent]:
+        self, key: SessionKey, reply_id: str, after: int, read: ReplyRead, idle_seconds: float
+    ) -> AsyncIterator[ReplyEvent | None]:
         checked_death = False
+        quiet_since = time.monotonic()
         while True:
             for event in read.events:
                 yield event
@@ -62,7 +80,11 @@ class AttachReply:
                 after = event.seq
             if read.events:
                 checked_death = False
-            elif not read.running:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= idle_seconds:
+                yield None
+                quiet_since = time.monotonic()
+            if not read.events and not read.running:
                 if checked_death:  # looked twice: its last publish did not just land
                     yield reply_event(after + 1, ErrorData(503, DIED))
                     return

@@ -1,10 +1,24 @@
 """A streamed reply being produced in this process: its events so far, for whoever follows it."""
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
 
 from domain.reply_events import EventData, ReplyEvent, reply_event
 from domain.session import SessionKey
+
+
+class Streamed(NamedTuple):
+    """A reply as a client receives it: its events (None: nothing for a while), and what
+    to call when that client hangs up."""
+
+    reply_id: str
+    events: AsyncIterator[ReplyEvent | None]
+    client_gone: Callable[[], None]
+
+
+def nothing_to_do() -> None:
+    return None
 
 
 class ReplyRun:
@@ -32,9 +46,10 @@ class ReplyRun:
             self.ended.set()
         return event
 
-    async def follow(self, after: int = -1) -> AsyncIterator[ReplyEvent]:
-        """The events after seq `after`, as they come, up to the terminal one."""
-        index = after + 1
+    async def follow(self, idle_seconds: float) -> AsyncIterator[ReplyEvent | None]:
+        """Every event, as it comes, up to the terminal one; None after each idle_seconds
+        without one (a client's connection may want a keep-alive)."""
+        index = 0
         while True:
             while index < len(self.events):
                 event = self.events[index]
@@ -42,5 +57,8 @@ class ReplyRun:
                 yield event
                 if event.terminal:
                     return
-            await self._grew.wait()
-
+            try:
+                async with asyncio.timeout(idle_seconds):
+                    await self._grew.wait()
+            except TimeoutError:
+                yield None

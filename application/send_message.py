@@ -1,13 +1,12 @@
 import asyncio
-import contextlib
-import time
 from datetime import UTC, datetime
 
 import msgspec
 
-from application.errors import HistoryUnavailable, IdempotencyConflict
-from application.ports import ChatHistory, Clock, LanguageModel, RequestReceipts
-from domain.conversation import build_conversation
+from application.ports import ChatHistory, Clock, LanguageModel
+from application.request_leases import RequestLeases
+from domain.answer import estimate_usage
+from domain.conversation import build_conversation, prompt_texts
 from domain.idempotency import Receipt, Reply, fingerprint, parse_idempotency_key
 from domain.message import Message, check_user_message
 from domain.session import SessionKey, session_id_or_new
@@ -31,9 +30,7 @@ class SendMessage:
       and message) within 24 h gets the first reply without asking the model or storing
       again; while the first is in flight, a repeat waits for it (at most `in_flight_seconds`,
       how long a request can take). The same key with another request is a conflict. A
-      request that failed leaves no receipt: its repeat runs again. A request holds its key
-      on a short lease it renews while it runs, so the key of a request whose process died
-      (or whose release failed with the store) is free again within one lease.
+      request that failed leaves no receipt: its repeat runs again (RequestLeases).
     """
 
     def __init__(
@@ -44,18 +41,14 @@ class SendMessage:
         max_message_chars: int,
         system_prompt: str | None = None,
         clock: Clock = utc_now,
-        receipts: RequestReceipts | None = None,
-        in_flight_seconds: float = 300.0,
-        lease_seconds: float = 10.0,
+        leases: RequestLeases | None = None,
     ) -> None:
         self._history = history
         self._model = model
         self._max_message_chars = max_message_chars
         self._system_prompt = system_prompt
         self._clock = clock
-        self._receipts = receipts
-        self._in_flight_seconds = in_flight_seconds
-        self._lease_seconds = lease_seconds
+        self._leases = leases
 
     async def execute(
         self,
@@ -66,21 +59,19 @@ class SendMessage:
     ) -> Reply:
         key = SessionKey(namespace, session_id_or_new(session_id))
         question = Message("user", check_user_message(text, self._max_message_chars), self._clock())
-        if idempotency_key is None or self._receipts is None:
+        if idempotency_key is None or self._leases is None:
             return await self._answer(key, question)
         pending = Receipt(
             namespace, parse_idempotency_key(idempotency_key), fingerprint(session_id, text)
         )
-        earlier = await self._claim(self._receipts, pending)
-        if earlier is not None:
-            return earlier
-        lease = asyncio.create_task(self._renew(self._receipts, pending))
+        earlier = await self._leases.claim(pending)
+        if earlier is not None and earlier.reply is not None:
+            return earlier.reply
+        lease = asyncio.create_task(self._leases.keep(pending))
         try:
             return await self._answer(key, question, pending)
         except BaseException:
-            # Failures are not remembered; if the store is down the lease simply runs out.
-            with contextlib.suppress(HistoryUnavailable):
-                await self._receipts.release(pending)
+            await self._leases.release(pending)
             raise
         finally:
             lease.cancel()
@@ -89,38 +80,12 @@ class SendMessage:
         self, key: SessionKey, question: Message, pending: Receipt | None = None
     ) -> Reply:
         stored = await self._history.load(key)
-        answer = await self._model.reply(build_conversation(self._system_prompt, stored, question))
-        reply = Reply(key.session_id, answer)
+        conversation = build_conversation(self._system_prompt, stored, question)
+        answer = await self._model.reply(conversation)
+        usage = answer.usage or estimate_usage(prompt_texts(conversation), answer.text)
+        reply = Reply(key.session_id, answer.text, usage)
         done = None if pending is None else msgspec.structs.replace(pending, reply=reply)
         first = await self._history.append_exchange(
-            key, question, Message("assistant", answer, self._clock()), done
+            key, question, Message("assistant", answer.text, self._clock()), done
         )
         return first or reply
-
-    async def _claim(self, receipts: RequestReceipts, pending: Receipt) -> Reply | None:
-        """None once this request owns its key; the first reply if it was answered before."""
-        deadline = time.monotonic() + self._in_flight_seconds
-        pause = 0.02
-        while True:
-            held = await receipts.claim(pending, ttl_seconds=self._lease_seconds)
-            if held is None:
-                return None
-            if held.fingerprint != pending.fingerprint:
-                raise IdempotencyConflict(
-                    "this Idempotency-Key was already used for a different request "
-                    "(another session_id or message); use a new key for a new request"
-                )
-            if held.reply is not None:
-                return held.reply
-            if time.monotonic() + pause > deadline:
-                raise IdempotencyConflict(
-                    "a request with this Idempotency-Key is still in progress; retry later"
-                )
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.5)
-
-    async def _renew(self, receipts: RequestReceipts, pending: Receipt) -> None:
-        while True:
-            await asyncio.sleep(self._lease_seconds / 3)
-            with contextlib.suppress(HistoryUnavailable):
-                await receipts.extend(pending, ttl_seconds=self._lease_seconds)

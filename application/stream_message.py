@@ -2,17 +2,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Literal, TypeVar
 
+import msgspec
+
+from application.attach_reply import AttachReply
 from application.errors import HistoryUnavailable, ModelUnavailable
 from application.ports import ChatHistory, Clock, LanguageModel, ReplyLog
-from application.reply_run import ReplyRun
+from application.reply_run import ReplyRun, Streamed, nothing_to_do
+from application.request_leases import RequestLeases
 from application.send_message import utc_now
 from domain.answer import Usage, estimate_usage
 from domain.conversation import Conversation, build_conversation, prompt_texts
+from domain.idempotency import Receipt, Reply, fingerprint, parse_idempotency_key
 from domain.message import Message, check_user_message
-from domain.reply_events import DeltaData, DoneData, ErrorData, SessionData, new_reply_id
+from domain.reply_events import (
+    DeltaData,
+    DoneData,
+    ErrorData,
+    EventData,
+    ReplyEvent,
+    SessionData,
+    new_reply_id,
+    reply_event,
+)
 from domain.session import SessionKey, session_id_or_new
 
 log = logging.getLogger(__name__)
@@ -56,9 +70,11 @@ class StreamMessage:
         *,
         max_message_chars: int,
         failure_status: Callable[[BaseException], int],
+        attach: AttachReply,
         system_prompt: str | None = None,
         on_disconnect: OnDisconnect = "continue",
         clock: Clock = utc_now,
+        leases: RequestLeases | None = None,
     ) -> None:
         self._history = history
         self._model = model
@@ -68,16 +84,60 @@ class StreamMessage:
         self._system_prompt = system_prompt
         self._on_disconnect = on_disconnect
         self._clock = clock
+        self._attach = attach
+        self._leases = leases
         self._running: dict[asyncio.Task[None], ReplyRun] = {}
 
-    async def start(self, namespace: str, session_id: str | None, text: str) -> ReplyRun:
-        """Return once the model has written its first text; the run's events follow."""
+    async def start(
+        self,
+        namespace: str,
+        session_id: str | None,
+        text: str,
+        idempotency_key: str | None = None,
+        *,
+        idle_seconds: float,
+    ) -> Streamed:
+        """Return once the model has written its first text (or, for a repeated request,
+        once the first is found); the events follow, None after each idle_seconds."""
         key = SessionKey(namespace, session_id_or_new(session_id))
         question = Message("user", check_user_message(text, self._max_message_chars), self._clock())
+        reply_id = new_reply_id()
+        pending = None
+        if idempotency_key is not None and self._leases is not None:
+            pending = Receipt(
+                namespace,
+                parse_idempotency_key(idempotency_key),
+                fingerprint(session_id, text),
+                session_id=key.session_id,
+                reply_id=reply_id,
+            )
+
+            async def follow(held: Receipt) -> Streamed | None:
+                if held.session_id is None or held.reply_id is None:
+                    return None  # not a stream, or from before streams: wait for its reply
+                running = SessionKey(namespace, held.session_id)
+                return await self._attach.follow(running, held.reply_id, idle_seconds)
+
+            earlier = await self._leases.claim_or_follow(pending, follow)
+            if isinstance(earlier, Receipt) and earlier.reply is not None:
+                return Streamed(reply_id, _replayed(earlier.reply), nothing_to_do)
+            if isinstance(earlier, Streamed):
+                return earlier
+        try:
+            run = await self._run(key, question, reply_id, pending)
+        except Exception:  # (a cancelled caller leaves the run, and its key, to the producer)
+            if pending is not None and self._leases is not None:
+                await self._leases.release(pending)
+            raise
+        return Streamed(run.reply_id, run.follow(idle_seconds), lambda: self.client_gone(run))
+
+    async def _run(
+        self, key: SessionKey, question: Message, reply_id: str, pending: Receipt | None
+    ) -> ReplyRun:
         stored = await self._history.load(key)
         conversation = build_conversation(self._system_prompt, stored, question)
-        run = ReplyRun(key, new_reply_id())
-        run.task = asyncio.create_task(self._produce(run, question, conversation))
+        run = ReplyRun(key, reply_id)
+        run.task = asyncio.create_task(self._produce(run, question, conversation, pending))
         self._running[run.task] = run
         run.task.add_done_callback(self._forget)
         try:
@@ -106,8 +166,17 @@ class StreamMessage:
         if late:
             await asyncio.wait(late, timeout=FINAL_PUBLISH_SECONDS)
 
-    async def _produce(self, run: ReplyRun, question: Message, conversation: Conversation) -> None:
+    async def _produce(
+        self,
+        run: ReplyRun,
+        question: Message,
+        conversation: Conversation,
+        pending: Receipt | None,
+    ) -> None:
         deltas = self._model.stream(conversation)
+        lease = None
+        if pending is not None and self._leases is not None:
+            lease = asyncio.create_task(self._leases.keep(pending))
         try:
             try:
                 first = await _first_text(deltas)
@@ -122,10 +191,15 @@ class StreamMessage:
             run.committed.set_result(None)
             publisher = asyncio.create_task(self._publish(run))
             try:
-                await self._finish(run, question, conversation, deltas, [first])
+                await self._finish(run, question, conversation, deltas, [first], pending)
             finally:
                 await _settled(publisher)
         finally:
+            if lease is not None:
+                lease.cancel()
+            done = bool(run.events) and run.events[-1].name == "done"
+            if not done and pending is not None and self._leases is not None:
+                await self._leases.release(pending)
             await deltas.aclose()
 
     async def _finish(
@@ -135,6 +209,7 @@ class StreamMessage:
         conversation: Conversation,
         deltas: AsyncGenerator[str | Usage, None],
         texts: list[str],
+        pending: Receipt | None,
     ) -> None:
         """Relay the rest of the reply, store the exchange, and end with done or error."""
         try:
@@ -142,11 +217,15 @@ class StreamMessage:
             answer = "".join(texts)
             if stopped or usage is None:
                 usage = estimate_usage(prompt_texts(conversation), answer)
+            receipt = None
+            if pending is not None:
+                reply = Reply(run.key.session_id, answer, usage)
+                receipt = msgspec.structs.replace(pending, reply=reply)
             # Once the write is sent, its outcome decides done or error: a cancellation now
             # waits for it rather than report "nothing stored" about a write that landed.
             await _uncancellable(
                 self._history.append_exchange(
-                    run.key, question, Message("assistant", answer, self._clock())
+                    run.key, question, Message("assistant", answer, self._clock()), receipt
                 )
             )
         except asyncio.CancelledError:
@@ -222,6 +301,18 @@ class StreamMessage:
                 log.warning("reply %s: its last events were never published", run.reply_id)
                 return
             await asyncio.sleep(FLUSH_SECONDS)
+
+
+async def _replayed(reply: Reply) -> AsyncIterator[ReplyEvent | None]:
+    """A completed request's reply, as the events its stream sent."""
+    usage = reply.usage or estimate_usage((), reply.response)
+    events: list[EventData] = [
+        SessionData(reply.session_id),
+        DeltaData(reply.response),
+        DoneData(reply.session_id, reply.response, usage),
+    ]
+    for seq, data in enumerate(events):
+        yield reply_event(seq, data)
 
 
 async def _first_text(deltas: AsyncGenerator[str | Usage, None]) -> str:

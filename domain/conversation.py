@@ -1,6 +1,6 @@
 """What a language model is shown: the system prompt and the turns, oldest first."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import msgspec
 
@@ -29,3 +29,11 @@ def build_conversation(
     while start < len(history) and history[start].role != "user":
         start += 1
     return Conversation(system_prompt or None, (*history[start:], question))
+
+
+def prompt_texts(conversation: Conversation) -> Iterator[str]:
+    """What a model reads, for estimating its input tokens."""
+    if conversation.system_prompt:
+        yield conversation.system_prompt
+    for message in conversation.messages:
+        yield message.content

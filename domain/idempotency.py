@@ -5,6 +5,7 @@ import re
 
 import msgspec
 
+from domain.answer import Usage
 from domain.errors import InvalidInput
 
 IDEMPOTENCY_KEY_MAX_LENGTH = 128
@@ -24,6 +25,7 @@ class Reply(msgspec.Struct, frozen=True):
 
     session_id: str
     response: str
+    usage: Usage | None = None  # None only in receipts stored before replies counted tokens
 
 
 class Receipt(msgspec.Struct, frozen=True):
@@ -37,6 +39,9 @@ class Receipt(msgspec.Struct, frozen=True):
     key: str
     fingerprint: str
     reply: Reply | None = None
+    # A streamed request's session and reply while it runs, for a repeat to follow it.
+    session_id: str | None = None
+    reply_id: str | None = None
 
 
 def parse_idempotency_key(raw: str) -> str:

@@ -81,8 +81,7 @@ def parse_event_id(raw: str) -> tuple[str, int]:
     match = _EVENT_ID.fullmatch(raw.strip())
     if not match:
         raise InvalidEventId(
-            "Last-Event-ID must be the id of an event this service sent, like "
-            "0123456789abcdef-12"
+            "Last-Event-ID must be the id of an event this service sent, like 0123456789abcdef-12"
         )
     return match[1], int(match[2])
 

@@ -31,9 +31,13 @@ from entrypoints.http.disconnect import cancel_on_disconnect
 from entrypoints.http.docs import DOCS_PATH, docs_assets, docs_render_plugins, home
 from entrypoints.http.errors import EXCEPTION_HANDLERS
 from entrypoints.http.limits import MAX_BODY_BYTES
+from entrypoints.http.streams import StreamController
 from entrypoints.logs import configure_logging
 
 log = logging.getLogger("chat")
+
+# How long replies still streaming at shutdown may take to finish (their clients may be gone).
+_DRAIN_SECONDS = 30.0
 
 # What a browser client on another origin may read besides the body and simple headers.
 _EXPOSED = ["Retry-After", "WWW-Authenticate"]
@@ -90,6 +94,7 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
             yield
         finally:
             services.cleanup.shutdown()
+            await services.stream_message.drain(_DRAIN_SECONDS)
             await close_resources(container)
 
     security: dict[str, Any] = {}
@@ -97,7 +102,7 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         security = {"security": [{"BearerToken": []}]}
     chat = Router(
         "/",
-        route_handlers=[ChatController],
+        route_handlers=[ChatController, StreamController],
         middleware=[DefineMiddleware(AuthAndRateLimit, tokens=settings.auth.tokens)],
         **security,
     )

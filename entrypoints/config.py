@@ -22,6 +22,7 @@ from msgspec import Meta
 
 from adapters.llm.token_limit import TokenLimitParameter
 from application.purge_histories import CleanupScope
+from application.stream_message import OnDisconnect
 
 CONFIG_ENV = "CHAT_CONFIG"
 MEMORY_URL = "memory://"  # [redis] url for an in-process store that keeps nothing
@@ -116,8 +117,8 @@ def _rate_limit(text: str) -> RateLimit:
 
 
 def _key_prefix(text: str) -> str:
-    if not text or re.search(r"\s", text):
-        raise ValueError("must be non-empty, without white space")
+    if not text or re.search(r"[\s{}]", text):
+        raise ValueError("must be non-empty, without white space or braces")
     return text
 
 
@@ -153,6 +154,7 @@ class RedisSettings(msgspec.Struct, frozen=True):
 class HistorySettings(msgspec.Struct, frozen=True):
     max_messages: Annotated[int, Meta(ge=2)] = 50
     max_message_chars: Annotated[int, Meta(ge=1)] = 32000
+    stream_keep_seconds: Annotated[int, Meta(ge=1)] = 300
 
 
 class LlmSettings(msgspec.Struct, frozen=True):
@@ -166,6 +168,8 @@ class LlmSettings(msgspec.Struct, frozen=True):
     max_tokens: Annotated[int, Meta(ge=1)] | None = 512  # None: not sent
     max_tokens_parameter: TokenLimitParameter = "auto"
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = 0.7  # None: not sent
+    stream_on_disconnect: OnDisconnect = "continue"
+    echo_word_seconds: Annotated[float, Meta(ge=0, le=10)] = 0.05
     exact_url: bool = False  # set by the seed's format only: api_url is the endpoint itself
 
 

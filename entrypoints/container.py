@@ -20,15 +20,22 @@ from adapters.llm.huggingface import HuggingFaceModel
 from adapters.llm.openai import OpenAIChatModel, chat_completions_url
 from adapters.memory_coordination import MemoryJobLock, MemoryRateLimiter
 from adapters.memory_history import MemoryHistory
+from adapters.memory_reply_log import MemoryReplyLog
 from adapters.redis_client import connect
 from adapters.redis_coordination import RedisJobLock, RedisRateLimiter
 from adapters.redis_history import RedisHistory
+from adapters.redis_reply_log import RedisReplyLog
+from application.attach_reply import AttachReply
 from application.delete_history import DeleteHistory
 from application.ports import ChatHistory, JobLock, RateLimiter
 from application.purge_histories import PurgeHistories
+from application.request_leases import RequestLeases
 from application.send_message import SendMessage
 from application.show_history import ShowHistory
+from application.stop_reply import StopReply
+from application.stream_message import LEASE_SECONDS, StreamMessage
 from entrypoints.config import MEMORY_URL, LlmSettings, RedisSettings, Settings, redis_location
+from entrypoints.http.errors import status_of
 
 
 def _redis_url(redis: RedisSettings) -> Iterator[str]:
@@ -125,6 +132,21 @@ class Container(containers.DeclarativeContainer):
             ttl_seconds=redis_settings.session_ttl_seconds,
         ),
     )
+    reply_log = providers.Selector(
+        store_kind,
+        memory=providers.Singleton(
+            MemoryReplyLog,
+            keep_seconds=settings.provided.history.stream_keep_seconds,
+            lease_seconds=LEASE_SECONDS,
+        ),
+        redis=providers.Singleton(
+            RedisReplyLog,
+            redis_client,
+            key_prefix=redis_settings.key_prefix,
+            keep_seconds=settings.provided.history.stream_keep_seconds,
+            lease_seconds=LEASE_SECONDS,
+        ),
+    )
     job_lock = providers.Selector(
         store_kind,
         memory=providers.Singleton(MemoryJobLock),
@@ -159,7 +181,7 @@ class Container(containers.DeclarativeContainer):
     )
     language_model = providers.Selector(
         providers.Callable(_provider_name, llm),
-        echo=providers.Singleton(EchoModel),
+        echo=providers.Singleton(EchoModel, word_seconds=llm.echo_word_seconds),
         openai=providers.Singleton(
             OpenAIChatModel,
             provider_transport,
@@ -173,15 +195,33 @@ class Container(containers.DeclarativeContainer):
         huggingface=providers.Singleton(HuggingFaceModel, provider_transport, **remote),
     )
 
+    leases = providers.Singleton(
+        RequestLeases,
+        history,
+        in_flight_seconds=providers.Callable(_longest_request_seconds, retry_policy),
+    )
     send_message = providers.Singleton(
         SendMessage,
         history,
         language_model,
         max_message_chars=settings.provided.history.max_message_chars,
         system_prompt=llm.system_prompt,
-        receipts=history,
-        in_flight_seconds=providers.Callable(_longest_request_seconds, retry_policy),
+        leases=leases,
     )
+    attach_reply = providers.Singleton(AttachReply, reply_log)
+    stream_message = providers.Singleton(
+        StreamMessage,
+        history,
+        language_model,
+        reply_log,
+        max_message_chars=settings.provided.history.max_message_chars,
+        failure_status=providers.Object(status_of),
+        attach=attach_reply,
+        system_prompt=llm.system_prompt,
+        on_disconnect=llm.stream_on_disconnect,
+        leases=leases,
+    )
+    stop_reply = providers.Singleton(StopReply, reply_log)
     show_history = providers.Singleton(ShowHistory, history)
     delete_history = providers.Singleton(DeleteHistory, history)
     cleanup = providers.Singleton(
@@ -211,6 +251,9 @@ class Services:
     """What the HTTP edge uses, resolved once at start-up rather than per request."""
 
     send_message: SendMessage
+    stream_message: StreamMessage
+    attach_reply: AttachReply
+    stop_reply: StopReply
     show_history: ShowHistory
     delete_history: DeleteHistory
     history: ChatHistory
@@ -229,6 +272,9 @@ class Services:
 
         return cls(
             send_message=await get(container.send_message),
+            stream_message=await get(container.stream_message),
+            attach_reply=await get(container.attach_reply),
+            stop_reply=await get(container.stop_reply),
             show_history=await get(container.show_history),
             delete_history=await get(container.delete_history),
             history=await get(container.history),

@@ -64,26 +64,50 @@ class Readiness(msgspec.Struct):
     store: str  # where the service looked: host and port or socket, never a password
 
 
-def _spec(description: str) -> ResponseSpec:
+def error_spec(description: str) -> ResponseSpec:
     return ResponseSpec(data_container=Problem, description=description, generate_examples=False)
 
 
-_COMMON = {
-    400: _spec("Invalid session id or message"),
-    401: _spec("Missing or wrong bearer token (only when tokens are configured)"),
-    429: _spec("Rate limit exceeded; see Retry-After"),
-    503: _spec("History store unavailable; nothing was changed"),
+COMMON_ERRORS = {
+    400: error_spec("Invalid session id or message"),
+    401: error_spec("Missing or wrong bearer token (only when tokens are configured)"),
+    429: error_spec("Rate limit exceeded; see Retry-After"),
+    503: error_spec("History store unavailable; nothing was changed"),
 }
-_SEND = {
-    **_COMMON,
-    409: _spec(
+SEND_ERRORS = {
+    **COMMON_ERRORS,
+    409: error_spec(
         "The Idempotency-Key was used for a different request, or its first request is "
         "still in progress"
     ),
-    413: _spec(f"Request body over {MAX_BODY}"),
-    502: _spec("The model's provider failed or answered something unusable; nothing was stored"),
-    504: _spec("The model's provider timed out; nothing was stored"),
+    413: error_spec(f"Request body over {MAX_BODY}"),
+    502: error_spec(
+        "The model's provider failed or answered something unusable; nothing was stored"
+    ),
+    504: error_spec("The model's provider timed out; nothing was stored"),
 }
+
+
+# The rule is stated in the document and enforced by the domain, whose error says it in
+# words rather than as a regex.
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=False,
+        schema_extra={
+            "minLength": 1,
+            "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
+            "pattern": f"^[{IDEMPOTENCY_KEY_ALPHABET}]*$",
+        },
+        description=(
+            "Makes a retry safe: a request repeated with the same key (and token) within "
+            "24 h gets the first reply with 200, without asking the model or storing again; "
+            "while the first is in flight the repeat waits for it (a stream follows it). "
+            "The same key with a different body is a 409."
+        ),
+    ),
+]
 
 
 def _services(state: State) -> Services:
@@ -100,40 +124,21 @@ class Caller:
     services: Services
 
 
-def _caller(request: Request[Any, Any, Any]) -> Caller:
+def caller_of(request: Request[Any, Any, Any]) -> Caller:
     return Caller(request.state.namespace, request.app.state.services)
 
 
 class ChatController(Controller):
     path = "/chat"
     tags = ["chat"]  # noqa: RUF012  (Litestar reads it as a class attribute)
-    dependencies = {"caller": Provide(_caller, sync_to_thread=False)}  # noqa: RUF012
+    dependencies = {"caller": Provide(caller_of, sync_to_thread=False)}  # noqa: RUF012
 
-    @post("/", status_code=200, responses=_SEND, summary="Send a message, get the reply")
+    @post("/", status_code=200, responses=SEND_ERRORS, summary="Send a message, get the reply")
     async def send(
         self,
         data: JSONBody[ChatRequest],
         caller: NamedDependency[Caller],
-        idempotency_key: Annotated[
-            str | None,
-            # The rule is stated in the document and enforced by the domain, whose error says
-            # it in words rather than as a regex.
-            HeaderParameter(
-                name="Idempotency-Key",
-                required=False,
-                schema_extra={
-                    "minLength": 1,
-                    "maxLength": IDEMPOTENCY_KEY_MAX_LENGTH,
-                    "pattern": f"^[{IDEMPOTENCY_KEY_ALPHABET}]*$",
-                },
-                description=(
-                    "Makes a retry safe: a request repeated with the same key (and token) "
-                    "within 24 h gets the first reply with 200, without asking the model or "
-                    "storing again; while the first is in flight the repeat waits for it. "
-                    "The same key with a different body is a 409."
-                ),
-            ),
-        ] = None,
+        idempotency_key: IdempotencyKeyHeader = None,
     ) -> Reply:
         """A missing, null or blank session_id starts a new session; the reply names it."""
         return await caller.services.send_message.execute(
@@ -142,7 +147,7 @@ class ChatController(Controller):
 
     @get(
         "/{session_id:str}",
-        responses={**_COMMON, 404: _spec("No such session")},
+        responses={**COMMON_ERRORS, 404: error_spec("No such session")},
         summary="A session's history, oldest first",
     )
     async def show(
@@ -153,7 +158,9 @@ class ChatController(Controller):
         messages = await caller.services.show_history.execute(caller.namespace, session_id)
         return HistoryView(session_id.strip(), messages)
 
-    @delete("/{session_id:str}", status_code=204, responses=_COMMON, summary="Forget a session")
+    @delete(
+        "/{session_id:str}", status_code=204, responses=COMMON_ERRORS, summary="Forget a session"
+    )
     async def forget(
         self,
         session_id: SessionIdInPath,
@@ -173,7 +180,7 @@ async def health() -> Status:
     tags=["operations"],
     responses={
         200: ResponseSpec(data_container=Readiness, description="The history store answers"),
-        503: _spec("A component is not ready; detail names it"),
+        503: error_spec("A component is not ready; detail names it"),
     },
     dependencies={"services": Provide(_services, sync_to_thread=False)},
 )

@@ -68,29 +68,30 @@ def _unreadable_body(_: Request[Any, Any, Any], error: Exception) -> Response[Pr
     return problem(400, "request body is not valid JSON: it is nested too deeply")
 
 
-# The caller's mistakes: the use case's message is the detail, as it is.
+# What each failure of a use case means to a client, in one table; the first match counts.
 _STATUS: dict[type[Exception], int] = {
     InvalidInput: 400,
     SessionNotFound: 404,
     IdempotencyConflict: 409,
+    HistoryUnavailable: 503,
+    ModelTimeout: 504,
+    ModelUnavailable: 502,
 }
 
 
-def _refused(_: Request[Any, Any, Any], error: Exception) -> Response[Problem]:
-    status = next(code for kind, code in _STATUS.items() if isinstance(error, kind))
-    return problem(status, str(error))
+def status_of(error: BaseException) -> int:
+    """The status of a failure, for an error response or a stream's error event."""
+    return next((code for kind, code in _STATUS.items() if isinstance(error, kind)), 500)
 
 
-def _store_down(request: Request[Any, Any, Any], error: HistoryUnavailable) -> Response[Problem]:
+def _failed(request: Request[Any, Any, Any], error: Exception) -> Response[Problem]:
+    status = status_of(error)
+    if status < 500:  # the caller's mistake: the use case's message is the detail, as it is
+        return problem(status, str(error))
     log.warning("%s %s: %s (%r)", request.method, request.url.path, error, error.__cause__)
-    return problem(503, f"{error}; try again shortly", {"Retry-After": "1"})
-
-
-def _model_failed(request: Request[Any, Any, Any], error: ModelUnavailable) -> Response[Problem]:
-    log.warning("%s %s: %s", request.method, request.url.path, error)
-    if isinstance(error, ModelTimeout):
-        return problem(504, str(error))
-    return problem(502, str(error))
+    if status == 503:
+        return problem(503, f"{error}; try again shortly", {"Retry-After": "1"})
+    return problem(status, str(error))
 
 
 def _unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Problem]:
@@ -102,8 +103,6 @@ EXCEPTION_HANDLERS: ExceptionHandlersMap = {
     HTTPException: _http_exception,
     UnicodeDecodeError: _unreadable_body,
     RecursionError: _unreadable_body,
-    **dict.fromkeys(_STATUS, _refused),
-    HistoryUnavailable: _store_down,
-    ModelUnavailable: _model_failed,
+    **dict.fromkeys(_STATUS, _failed),
     Exception: _unexpected,
 }

@@ -50,8 +50,8 @@ def store(request: pytest.FixtureRequest) -> LogStore:
 
         async def forget_memory() -> None:
             for log in logs:
-                log._replies.clear()  # noqa: SLF001  (a restart, for the fake)
-                log._latest.clear()  # noqa: SLF001
+                log._replies.clear()
+                log._latest.clear()
 
         return LogStore(make_memory, forget_memory)
     client: Redis = request.getfixturevalue("redis_client")

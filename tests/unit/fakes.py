@@ -1,8 +1,10 @@
 """Language models for unit tests: they record what they were shown, as a provider would see it."""
 
 import asyncio
+from collections.abc import AsyncIterator
 
 from application.errors import ModelUnavailable
+from domain.answer import Answer, Usage
 from domain.conversation import Conversation
 
 
@@ -14,13 +16,17 @@ class ScriptedModel:
         self.failure: Exception | None = None
         self.gate: asyncio.Event | None = None
 
-    async def reply(self, conversation: Conversation) -> str:
+    async def reply(self, conversation: Conversation) -> Answer:
+        return Answer("".join([d async for d in self.stream(conversation) if isinstance(d, str)]))
+
+    async def stream(self, conversation: Conversation) -> AsyncIterator[str | Usage]:
         self.seen.append(conversation)
         if self.gate is not None:
             await self.gate.wait()
         if self.failure is not None:
             raise self.failure
-        return f"reply-{len(self.seen)}: {conversation.last_user_message}"
+        yield f"reply-{len(self.seen)}: "
+        yield conversation.last_user_message
 
 
 def unavailable() -> ModelUnavailable:

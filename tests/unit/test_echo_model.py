@@ -1,5 +1,6 @@
 """The offline default model: no network, same answer for the same conversation."""
 
+import asyncio
 from datetime import UTC, datetime
 
 from adapters.llm.echo import EchoModel
@@ -18,14 +19,16 @@ def _conversation(*texts: str) -> Conversation:
 
 
 async def test_repeats_the_latest_user_message() -> None:
-    reply = await EchoModel().reply(_conversation("first question", "an answer", "café ☕ 42?"))
+    reply = (
+        await EchoModel().reply(_conversation("first question", "an answer", "café ☕ 42?"))
+    ).text
 
     assert "café ☕ 42?" in reply
     assert "first question" not in reply
 
 
 async def test_says_it_is_the_offline_echo_model() -> None:
-    reply = (await EchoModel().reply(_conversation("hello"))).lower()
+    reply = (await EchoModel().reply(_conversation("hello"))).text.lower()
 
     assert "echo" in reply
     assert "offline" in reply
@@ -34,7 +37,7 @@ async def test_says_it_is_the_offline_echo_model() -> None:
 async def test_is_deterministic() -> None:
     conversation = _conversation("q1", "a1", "q2")
 
-    replies = {await EchoModel().reply(conversation) for _ in range(3)}
+    replies = {(await EchoModel().reply(conversation)).text for _ in range(3)}
 
     assert len(replies) == 1
 
@@ -47,3 +50,18 @@ async def test_counts_the_earlier_messages_of_the_session() -> None:
 
 def test_is_a_language_model() -> None:
     assert isinstance(EchoModel(), LanguageModel)
+
+
+async def test_streams_the_same_reply_word_by_word_at_its_pace() -> None:
+    conversation = _conversation("tell me, echo")
+    model = EchoModel(word_seconds=0.01)
+    loop = asyncio.get_running_loop()
+
+    started = loop.time()
+    deltas = [delta async for delta in model.stream(conversation)]
+    took = loop.time() - started
+
+    assert "".join(map(str, deltas)) == (await model.reply(conversation)).text
+    assert len(deltas) > 10
+    assert all(isinstance(d, str) and d for d in deltas)
+    assert took >= 0.01 * (len(deltas) - 1)

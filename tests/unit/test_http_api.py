@@ -83,7 +83,11 @@ async def test_chat_round_trip_and_history(client: Client) -> None:
     assert first.json()["response"] == "reply-1: Hello"
 
     second = await client.post("/chat", json={"session_id": f" {session_id}", "message": "More"})
-    assert second.json() == {"session_id": session_id, "response": "reply-2: More"}
+    assert second.json() == {
+        "session_id": session_id,
+        "response": "reply-2: More",
+        "usage": {"input_tokens": 7, "output_tokens": 4, "source": "estimate"},
+    }
 
     shown = await client.get(f"/chat/{session_id}")
     assert shown.status_code == 200

@@ -7,6 +7,7 @@ import pytest
 
 from adapters.memory_history import MemoryHistory
 from application.errors import IdempotencyConflict, ModelUnavailable
+from application.request_leases import RequestLeases
 from application.send_message import SendMessage
 from domain.errors import InvalidInput
 from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, fingerprint
@@ -15,11 +16,17 @@ from tests.unit.fakes import ScriptedModel, unavailable
 
 
 class Monotonic:
+    """A clock that moves only when told to, or when a lease sleeps on it."""
+
     def __init__(self) -> None:
         self.now = 1_000.0
 
     def __call__(self) -> float:
         return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
 
 
 @pytest.fixture
@@ -38,16 +45,20 @@ def model() -> ScriptedModel:
 
 
 def sender(
-    history: MemoryHistory, model: ScriptedModel, in_flight: float = 5.0, lease: float = 10.0
+    history: MemoryHistory,
+    model: ScriptedModel,
+    in_flight: float = 5.0,
+    lease: float = 10.0,
+    clock: Monotonic | None = None,
 ) -> SendMessage:
-    return SendMessage(
+    leases = RequestLeases(
         history,
-        model,
-        max_message_chars=100,
-        receipts=history,
         in_flight_seconds=in_flight,
         lease_seconds=lease,
+        sleep=clock.sleep if clock else asyncio.sleep,
+        monotonic=clock or time.monotonic,
     )
+    return SendMessage(history, model, max_message_chars=100, leases=leases)
 
 
 @pytest.fixture
@@ -197,18 +208,17 @@ async def test_a_bad_key_is_refused_before_anything_is_asked(
 
 
 async def test_a_key_held_by_a_request_whose_process_died_is_free_within_a_lease(
-    model: ScriptedModel,
+    model: ScriptedModel, history: MemoryHistory, clock: Monotonic
 ) -> None:
-    history = MemoryHistory(max_messages=50, ttl_seconds=0)  # the real clock, leases run out
-    send = sender(history, model, lease=0.3)
+    send = sender(history, model, lease=3.0, clock=clock)
     died = Receipt("ns", "key-1", fingerprint("s", "hello"))
-    assert await history.claim(died, ttl_seconds=0.3) is None  # and nobody renews it
+    assert await history.claim(died, ttl_seconds=3.0) is None  # and nobody renews it
 
-    started = time.monotonic()
+    started = clock.now
     reply = await send.execute("ns", "s", "hello", "key-1")
 
     assert reply.response == "reply-1: hello"
-    assert 0.2 < time.monotonic() - started < 2.0
+    assert 3.0 <= clock.now - started < 4.0
 
 
 async def test_a_request_keeps_its_key_while_it_runs_longer_than_a_lease(

@@ -1,0 +1,141 @@
+"""Streamed replies over Server-Sent Events: start one, re-attach to one, stop one.
+
+Frames are written here rather than with Litestar's ServerSentEvent: each event's data is
+already JSON (encoded once by the use case), and the keep-alive comment must go out while
+a reply is quiet, which Litestar 2's ServerSentEvent cannot do (its ping_interval is 3.0's).
+"""
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.openapi import ResponseSpec
+from litestar.params import HeaderParameter, JSONBody
+from litestar.response import Stream
+
+from application.reply_run import Streamed
+from domain.reply_events import event_id
+from entrypoints.http.controllers import (
+    COMMON_ERRORS,
+    SEND_ERRORS,
+    Caller,
+    ChatRequest,
+    IdempotencyKeyHeader,
+    SessionIdInPath,
+    caller_of,
+    error_spec,
+)
+
+KEEP_ALIVE_SECONDS = 15.0
+_KEEP_ALIVE = b": keep-alive\n\n"
+# Proxies (nginx) buffer a response unless told not to; a cached stream is a stale reply.
+_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MEDIA_TYPE = "text/event-stream"
+
+EVENTS_DESCRIPTION = """\
+Server-Sent Events, each with an `id` and JSON `data`, in this order:
+`session` `{"session_id"}`; `delta` `{"text"}` zero or more times (concatenated, the reply);
+then exactly one of `done` `{"session_id", "response", "usage", "stopped"?}`, sent once the
+exchange is stored, or `error` `{"status_code", "detail"}`, after which nothing of it is
+stored. A `: keep-alive` comment goes out every 15 s while nothing else does. Re-attach
+with GET /chat/{session_id}/stream and `Last-Event-ID`."""
+
+
+async def _frames(streamed: Streamed) -> AsyncIterator[bytes]:
+    try:
+        async for event in streamed.events:
+            if event is None:
+                yield _KEEP_ALIVE
+            else:
+                yield b"event: %s\nid: %s\ndata: %s\n\n" % (
+                    event.name.encode(),
+                    event_id(streamed.reply_id, event.seq).encode(),
+                    event.data,
+                )
+    finally:
+        streamed.client_gone()
+
+
+def _event_stream(streamed: Streamed) -> Stream:
+    return Stream(_frames(streamed), media_type=MEDIA_TYPE, headers=_HEADERS)
+
+
+def _stream_spec() -> dict[int, ResponseSpec]:
+    return {200: ResponseSpec(None, description=EVENTS_DESCRIPTION, media_type=MEDIA_TYPE)}
+
+
+class Stopping(msgspec.Struct):
+    session_id: str
+    status: str = "stopping"
+
+
+class StreamController(Controller):
+    path = "/chat"
+    tags = ["chat"]  # noqa: RUF012  (Litestar reads it as a class attribute)
+    dependencies = {"caller": Provide(caller_of, sync_to_thread=False)}  # noqa: RUF012
+
+    @post(
+        "/stream",
+        status_code=200,
+        media_type=MEDIA_TYPE,
+        responses={**SEND_ERRORS, **_stream_spec()},
+        summary="Send a message, get the reply as it is written (Server-Sent Events)",
+    )
+    async def stream(
+        self,
+        data: JSONBody[ChatRequest],
+        caller: NamedDependency[Caller],
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> Stream:
+        """Errors known before the model's first text (400-504) are JSON, never a stream."""
+        streamed = await caller.services.stream_message.start(
+            caller.namespace,
+            data.session_id,
+            data.message,
+            idempotency_key,
+            idle_seconds=KEEP_ALIVE_SECONDS,
+        )
+        return _event_stream(streamed)
+
+    @get(
+        "/{session_id:str}/stream",
+        media_type=MEDIA_TYPE,
+        responses={
+            **COMMON_ERRORS,
+            404: error_spec("The session has no reply running or recently ended"),
+            **_stream_spec(),
+        },
+        summary="Re-attach to the session's latest streamed reply",
+    )
+    async def attach(
+        self,
+        session_id: SessionIdInPath,
+        caller: NamedDependency[Caller],
+        last_event_id: Annotated[
+            str | None,
+            HeaderParameter(
+                name="Last-Event-ID",
+                required=False,
+                description=(
+                    "The id of the last event received: the stream resumes after it. "
+                    "Without it, the latest reply is sent from its first event."
+                ),
+            ),
+        ] = None,
+    ) -> Stream:
+        streamed = await caller.services.attach_reply.execute(
+            caller.namespace, session_id, last_event_id, idle_seconds=KEEP_ALIVE_SECONDS
+        )
+        return _event_stream(streamed)
+
+    @post(
+        "/{session_id:str}/stop",
+        status_code=202,
+        responses={**COMMON_ERRORS, 404: error_spec("The session has no reply running")},
+        summary="Stop the session's running reply; what was written so far is stored",
+    )
+    async def stop(self, session_id: SessionIdInPath, caller: NamedDependency[Caller]) -> Stopping:
+        await caller.services.stop_reply.execute(caller.namespace, session_id)
+        return Stopping(session_id.strip())
