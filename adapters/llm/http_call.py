@@ -1,19 +1,22 @@
-"""A provider's HTTP endpoint over the shared transport: deadline, bounded body, retries, and
-what the provider said when it refused."""
+"""A provider's HTTP endpoint over the shared transport: deadlines, bounded bodies, retries,
+and what the provider said when it refused, for a whole answer and for a streamed one."""
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
 import time
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Iterator
+from typing import TypeVar, cast
 
 import httpx
 import msgspec
 
 from adapters.llm.provider_error import ProviderRefused, read_refusal
+from adapters.llm.sse import SseEvent, SseReader, SseTooLong
 from application.errors import ModelTimeout, ModelUnavailable
+from domain.answer import Usage
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,9 @@ T = TypeVar("T")
 # An error body only explains a status already known: read a little of it, briefly.
 ERROR_BODY_BYTES = 16 * 1024
 ERROR_BODY_SECONDS = 1.0
+
+# What an adapter makes of a provider's events: text deltas, and Usage if the provider counts.
+EventParser = Callable[[AsyncIterator[SseEvent]], AsyncGenerator[str | Usage, None]]
 
 
 class RetryPolicy(msgspec.Struct, frozen=True):
@@ -33,21 +39,31 @@ class RetryPolicy(msgspec.Struct, frozen=True):
     max_response_bytes: int = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class _Retry:
-    """An attempt that failed in a way worth another: the failure to report if none is left,
-    and how long to wait before the next."""
+class ReportedInStream(ModelUnavailable):
+    """An error the provider wrote inside its 200 stream. `retryable` when its type means
+    overloaded, rate-limited or a server fault: another attempt may fare better, as long as
+    no text has reached the caller."""
 
-    failure: ModelUnavailable
-    delay: float
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class _Again(Exception):
+    """An attempt that failed in a way worth another: the failure to report if none is left,
+    and the provider's Retry-After, if it sent one."""
+
+    def __init__(self, failure: ModelUnavailable, retry_after: float | None = None) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+        self.retry_after = retry_after
 
 
 class ProviderEndpoint:
-    """One configured provider: where (URL, headers), how patiently (retry policy), over the
-    process's shared transport, and what its failures name (provider label, configured model).
-    The configured key is the secret removed from whatever the provider says.
-
-    A streaming call would share `_attempt`'s deadline and refusal handling."""
+    """One configured provider: where (URL, headers; a streamed answer may have a URL of its
+    own), how patiently (retry policy), over the process's shared transport, and what its
+    failures name (provider label, configured model). The configured key is the secret
+    removed from whatever the provider says."""
 
     def __init__(
         self,
@@ -59,9 +75,11 @@ class ProviderEndpoint:
         provider: str,
         model: str,
         secret: str,
+        stream_url: str | None = None,
     ) -> None:
         self._transport = transport
         self._url = url
+        self._stream_url = stream_url or url
         self._headers = {"content-type": "application/json", **headers}
         self._policy = policy
         self._provider = provider
@@ -79,19 +97,38 @@ class ProviderEndpoint:
         straight to the transport: httpx.AsyncClient's cookie, auth, redirect and URL-merging
         steps are nothing a provider call needs.
         """
-        retries = self._policy.max_retries
-        for attempt in range(retries):
-            outcome = await self._attempt(body, attempt)
-            if not isinstance(outcome, _Retry):
-                return outcome
-            log.warning(
-                "%s; retry %d of %d in %.2fs", outcome.failure, attempt + 1, retries, outcome.delay
-            )
-            await asyncio.sleep(outcome.delay)
-        last = await self._attempt(body, retries)
-        if isinstance(last, _Retry):
-            raise last.failure
-        return last
+        attempt = 0
+        while True:
+            try:
+                return await self._post_once(body)
+            except _Again as again:
+                await self._before_retry(again, attempt)
+            attempt += 1
+
+    async def stream(self, body: bytes, parse: EventParser) -> AsyncGenerator[str | Usage, None]:
+        """POST to the stream URL and relay what `parse` makes of the provider's events:
+        non-empty text deltas, then the last Usage it gave, once. Text that is only
+        whitespace is held back until visible text follows it.
+
+        Until the first delta is yielded, failures are handled as by `post` (error statuses
+        end as ProviderRefused; 429, 5xx, connection failures and retryable ReportedInStream
+        are retried; unusable data and timeouts are final), and a stream that ends without
+        text is ModelUnavailable. After it nothing is retried: the caller has shown the text.
+        Before the headers the attempt's deadline is policy.timeout_seconds; after them the
+        same figure bounds each silence between chunks, not the whole reply, which may take
+        minutes. Closing the iterator closes the provider's response at once.
+        """
+        attempt = 0
+        while True:
+            items = self._stream_once(body, parse)
+            try:
+                async with contextlib.aclosing(items):
+                    async for item in items:
+                        yield item
+                return
+            except _Again as again:
+                await self._before_retry(again, attempt)
+            attempt += 1
 
     def decode(self, decoder: msgspec.json.Decoder[T], body: bytes) -> T:
         try:
@@ -106,40 +143,140 @@ class ProviderEndpoint:
             raise ModelUnavailable(f"{self._provider} answered with an empty reply")
         return text
 
-    async def _attempt(self, body: bytes, attempt: int) -> bytes | _Retry:
-        request = httpx.Request("POST", self._url, content=body, headers=self._headers)
-        try:
+    def reported(self, data: bytes, retryable: Collection[str]) -> ReportedInStream:
+        """The error event `data` (any provider's error JSON) as the failure to raise, its
+        message key-free; retryable when its type or code is among `retryable`."""
+        said = read_refusal(data, "application/json", self._secret)
+        kind = said.kind or said.code
+        named = f" ({kind})" if kind else ""
+        return ReportedInStream(
+            f"{self._provider} reported an error in its stream{named}: {said.message}",
+            retryable=bool({said.kind, said.code} & set(retryable)),
+        )
+
+    async def _before_retry(self, again: _Again, attempt: int) -> None:
+        """Wait before the next attempt, or raise the failure when none is left."""
+        retries = self._policy.max_retries
+        if attempt >= retries:
+            raise again.failure from again.failure.__cause__
+        delay = _backoff(self._policy, attempt, again.retry_after)
+        log.warning("%s; retry %d of %d in %.2fs", again.failure, attempt + 1, retries, delay)
+        await asyncio.sleep(delay)
+
+    async def _post_once(self, body: bytes) -> bytes:
+        with self._faults(reading=False):
             async with asyncio.timeout(self._policy.timeout_seconds):
-                response = await self._transport.handle_async_request(request)
+                response = await self._send(self._url, body)
                 try:
-                    return await self._outcome(response, attempt)
+                    if not 200 <= response.status_code < 300:
+                        raise await self._refusal(response, self._url)
+                    limit = self._policy.max_response_bytes
+                    return await _read_capped(response, limit, self._provider)
                 finally:
                     await response.aclose()
+
+    async def _stream_once(
+        self, body: bytes, parse: EventParser
+    ) -> AsyncGenerator[str | Usage, None]:
+        with self._faults(reading=False):
+            async with asyncio.timeout(self._policy.timeout_seconds):
+                response = await self._send(self._stream_url, body, stream=True)
+                if not 200 <= response.status_code < 300:
+                    try:
+                        raise await self._refusal(response, self._stream_url)
+                    finally:
+                        await response.aclose()
+        if "json" in response.headers.get("content-type", ""):
+            # e.g. the Inference API serving a model without streaming: a whole answer
+            await response.aclose()
+            raise ModelUnavailable(f"{self._provider} answered JSON, not the stream asked for")
+        events = self._events(response)
+        items = parse(events)
+        shown = False  # a delta has been yielded: from here on, no retry
+        held = ""
+        usage: Usage | None = None
+        try:
+            async with contextlib.aclosing(events), contextlib.aclosing(items):
+                async for item in items:
+                    if isinstance(item, Usage):
+                        usage = item
+                    elif shown or item.strip():
+                        shown = True
+                        yield held + item
+                        held = ""
+                    else:
+                        held += item
+        except _Again as again:  # the connection broke
+            if shown:
+                raise again.failure from again.failure.__cause__
+            raise
+        except ReportedInStream as error:
+            if error.retryable and not shown:
+                raise _Again(error) from error
+            raise
+        finally:
+            await response.aclose()
+        if not shown:
+            raise ModelUnavailable(f"{self._provider} answered with an empty reply")
+        if usage is not None:
+            yield usage
+
+    async def _events(self, response: httpx.Response) -> AsyncGenerator[SseEvent, None]:
+        """The response's events as their bytes arrive, each wait for bytes bounded."""
+        reader = SseReader(self._policy.max_response_bytes)
+        chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+        async with contextlib.aclosing(chunks):
+            while True:
+                with self._faults(reading=True):
+                    async with asyncio.timeout(self._policy.timeout_seconds):
+                        chunk = await anext(chunks, None)
+                try:
+                    events = reader.feed(chunk) if chunk is not None else reader.end()
+                except SseTooLong as error:
+                    raise ModelUnavailable(f"{self._provider} answered with {error}") from error
+                for event in events:
+                    yield event
+                if chunk is None:
+                    return
+
+    async def _send(self, url: str, body: bytes, *, stream: bool = False) -> httpx.Response:
+        headers = {**self._headers, "accept": "text/event-stream"} if stream else self._headers
+        request = httpx.Request("POST", url, content=body, headers=headers)
+        return await self._transport.handle_async_request(request)
+
+    async def _refusal(self, response: httpx.Response, url: str) -> ProviderRefused | _Again:
+        """The error status as the provider worded it; worth another attempt when 429 or 5xx."""
+        status = response.status_code
+        content_type = response.headers.get("content-type", "")
+        said = read_refusal(await _error_body(response), content_type, self._secret)
+        refusal = ProviderRefused(status, said, provider=self._provider, model=self._model, url=url)
+        if status == 429 or status >= 500:
+            return _Again(refusal, _retry_after(response))
+        return refusal
+
+    @contextlib.contextmanager
+    def _faults(self, *, reading: bool) -> Iterator[None]:
+        """httpx's failures as a use case knows them. `reading`: the stream had begun, so a
+        timeout is a silence, and a broken connection broke off the reply."""
+        try:
+            yield
         except (TimeoutError, httpx.TimeoutException) as error:
-            raise ModelTimeout(
-                f"{self._provider} did not answer within {self._policy.timeout_seconds:g} seconds"
-            ) from error
+            seconds = f"{self._policy.timeout_seconds:g} seconds"
+            what = f"sent nothing for {seconds}" if reading else f"did not answer within {seconds}"
+            raise ModelTimeout(f"{self._provider} {what}") from error
         except httpx.TransportError as error:
-            failure = ModelUnavailable(f"could not reach {self._provider} ({type(error).__name__})")
+            name = type(error).__name__
+            failure = ModelUnavailable(
+                f"{self._provider} broke off its reply ({name})"
+                if reading
+                else f"could not reach {self._provider} ({name})"
+            )
             failure.__cause__ = error
-            return _Retry(failure, _backoff(self._policy, attempt, None))
+            raise _Again(failure) from error
         except httpx.HTTPError as error:  # e.g. a body that does not match its Content-Encoding
             raise ModelUnavailable(
                 f"{self._provider} answered something unreadable ({type(error).__name__})"
             ) from error
-
-    async def _outcome(self, response: httpx.Response, attempt: int) -> bytes | _Retry:
-        status = response.status_code
-        if 200 <= status < 300:
-            return await _read_capped(response, self._policy.max_response_bytes, self._provider)
-        content_type = response.headers.get("content-type", "")
-        said = read_refusal(await _error_body(response), content_type, self._secret)
-        refusal = ProviderRefused(
-            status, said, provider=self._provider, model=self._model, url=self._url
-        )
-        if status == 429 or status >= 500:
-            return _Retry(refusal, _backoff(self._policy, attempt, _retry_after(response)))
-        raise refusal
 
 
 def bearer(api_key: str) -> dict[str, str]:

@@ -36,12 +36,14 @@ _TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 class ProviderSaid(msgspec.Struct, frozen=True):
     """A refusal's gist: its message (one line, key-free, short, once read_refusal returns it)
-    and, where the provider names them, the parameter at fault and its error code (OpenAI's
-    `param` and `code`)."""
+    and, where the provider names them, the parameter at fault, its error code (OpenAI's
+    `param` and `code`) and the error's type (`type` of OpenAI and Anthropic, TGI's
+    `error_type`), which tells an error reported inside a stream worth retrying."""
 
     message: str = ""
     param: str | None = None
     code: str | None = None
+    kind: str | None = None
 
 
 class ProviderRefused(ModelUnavailable):
@@ -71,11 +73,17 @@ def _from_json(data: object) -> ProviderSaid:
     error = data.get("error")
     if isinstance(error, dict):  # OpenAI and compatible servers; Anthropic
         message = _as_text(error.get("message")) or _as_text(error.get("type"))
-        return ProviderSaid(message, _as_name(error.get("param")), _as_name(error.get("code")))
+        return ProviderSaid(
+            message,
+            _as_name(error.get("param")),
+            _as_name(error.get("code")),
+            _as_name(error.get("type")),
+        )
+    kind = _as_name(data.get("error_type"))  # TGI
     if isinstance(error, list):  # Hugging Face: one message per fault
-        return ProviderSaid("; ".join(_as_text(item) for item in error))
+        return ProviderSaid("; ".join(_as_text(item) for item in error), kind=kind)
     if error is not None:  # Hugging Face, TGI, Ollama
-        return ProviderSaid(_as_text(error))
+        return ProviderSaid(_as_text(error), kind=kind)
     for key in ("message", "detail"):  # gateways; FastAPI-based servers
         if key in data:
             return ProviderSaid(_as_text(data[key]))
