@@ -2,18 +2,31 @@
 
 The prompt is the Mistral-Instruct chat template; that template has no system role, so
 the system prompt goes in front of the first user turn.
+
+A streamed reply goes to the streaming twin of the configured URL: a TGI URL ending in
+`/generate` becomes `/generate_stream` (TGI's own streaming route, same body); any other
+URL (an Inference API model URL, a TGI root, whose `/` route reads the same field) is
+posted to as configured, with `"stream": true` in the body. Both answer TGI's events.
 """
 
 import re
-from urllib.parse import urlsplit
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import msgspec
 
 from adapters.llm.http_call import ProviderEndpoint, RetryPolicy, bearer
+from adapters.llm.sse import SseEvent
+from domain.answer import Answer, Usage
 from domain.conversation import Conversation
 
 PROVIDER = "the huggingface provider"
+
+# TGI's error types, inside a stream, that another attempt may get past: a full queue, and a
+# shard that failed mid-generation.
+_RETRYABLE = frozenset({"overloaded", "incomplete_generation"})
 
 _CONTROL_TOKEN = re.compile(r"</?s>|\[/?INST\]", re.IGNORECASE)
 
@@ -45,18 +58,59 @@ class _Parameters(msgspec.Struct, omit_defaults=True):
     do_sample: bool | None = None
 
 
-class _Request(msgspec.Struct):
+class _Request(msgspec.Struct, omit_defaults=True):
     inputs: str
     parameters: _Parameters
+    stream: bool = False
+
+
+class _Details(msgspec.Struct):
+    """TGI counts the generated tokens; the prompt's only in some versions and forks."""
+
+    generated_tokens: int | None = None
+    input_length: int | None = None
+    prompt_tokens: int | None = None
+
+    def counted(self) -> Usage | None:
+        prompt = self.input_length if self.input_length is not None else self.prompt_tokens
+        if prompt is None or self.generated_tokens is None:
+            return None
+        return Usage(prompt, self.generated_tokens, "provider")
 
 
 class _Generated(msgspec.Struct):
     generated_text: str
+    details: _Details | None = None
+
+
+class _Token(msgspec.Struct):
+    text: str = ""
+    special: bool = False
+
+
+class _StreamEvent(msgspec.Struct):
+    """One generated token; the last event also has the whole `generated_text` and
+    `details`. An error has `error` and `error_type` instead."""
+
+    token: _Token | None = None
+    details: _Details | None = None
+    error: Any = None
+
+
+def stream_url(url: str) -> str | None:
+    """TGI's `/generate_stream` for a `/generate` URL; None: the URL itself, with "stream"."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/generate"):
+        return None
+    return urlunsplit(parts._replace(path=f"{path}_stream"))
 
 
 class HuggingFaceModel:
     """max_tokens and temperature None are not sent: the server's defaults apply. The model is
-    named by the URL, so its path stands for the model in error reports."""
+    named by the URL, so its path stands for the model in error reports. Usage is the
+    server's only when it counts both prompt and reply (some TGI versions, in a stream's
+    last event); otherwise there is none, and the service estimates it."""
 
     def __init__(
         self,
@@ -68,10 +122,12 @@ class HuggingFaceModel:
         temperature: float | None,
         policy: RetryPolicy,
     ) -> None:
+        streams_to = stream_url(url)
         self._endpoint = ProviderEndpoint(
             transport, url=url, headers=bearer(api_key), policy=policy, provider=PROVIDER,
-            model=urlsplit(url).path, secret=api_key,
+            model=urlsplit(url).path, secret=api_key, stream_url=streams_to,
         )  # fmt: skip
+        self._asks_stream = streams_to is None  # /generate_stream streams without being asked
         self._parameters = _Parameters(False, max_new_tokens=max_tokens)
         if temperature is not None:
             # TGI rejects temperature 0; greedy decoding is what 0 means.
@@ -79,14 +135,38 @@ class HuggingFaceModel:
             self._parameters.temperature = temperature if temperature > 0 else None
         self._encode = msgspec.json.Encoder().encode
         self._decoder = msgspec.json.Decoder(list[_Generated] | _Generated)
+        self._event = msgspec.json.Decoder(_StreamEvent)
 
-    async def reply(self, conversation: Conversation) -> str:
+    async def reply(self, conversation: Conversation) -> Answer:
         prompt = mistral_prompt(conversation)
         raw = await self._endpoint.post(self._encode(_Request(prompt, self._parameters)))
         answer = self._endpoint.decode(self._decoder, raw)
         if isinstance(answer, list):
             if not answer:
-                return self._endpoint.usable_text(None)
+                return Answer(self._endpoint.usable_text(None))
             answer = answer[0]
         # Some servers ignore return_full_text and echo the prompt first.
-        return self._endpoint.usable_text(answer.generated_text.removeprefix(prompt).strip())
+        text = self._endpoint.usable_text(answer.generated_text.removeprefix(prompt).strip())
+        return Answer(text, answer.details.counted() if answer.details else None)
+
+    def stream(self, conversation: Conversation) -> AsyncIterator[str | Usage]:
+        request = _Request(mistral_prompt(conversation), self._parameters, self._asks_stream)
+        return self._endpoint.stream(self._encode(request), self._read)
+
+    async def _read(self, events: AsyncIterator[SseEvent]) -> AsyncGenerator[str | Usage, None]:
+        """Special tokens (`</s>`) are not text; the reply starts at its first visible
+        character, as the whole reply is stripped."""
+        started = False
+        async for event in events:
+            data = self._endpoint.decode(self._event, event.data)
+            if data.error is not None:
+                raise self._endpoint.reported(event.data, _RETRYABLE)
+            if data.token is not None and not data.token.special:
+                text = data.token.text if started else data.token.text.lstrip()
+                if text:
+                    started = True
+                    yield text
+            if data.details is not None:
+                if (usage := data.details.counted()) is not None:
+                    yield usage
+                return

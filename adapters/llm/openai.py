@@ -1,24 +1,39 @@
 """OpenAI-compatible Chat Completions: OpenAI, Mistral, Groq, vLLM, Ollama, TGI Messages API..."""
 
 import logging
-from typing import get_args
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
+from typing import Any, get_args
 
 import httpx
 import msgspec
 
 from adapters.llm.http_call import ProviderEndpoint, RetryPolicy, bearer
 from adapters.llm.provider_error import ProviderRefused, ProviderSaid
+from adapters.llm.sse import SseEvent
 from adapters.llm.token_limit import TokenLimitParameter
+from domain.answer import Answer, Usage
 from domain.conversation import Conversation
 
 log = logging.getLogger(__name__)
 
 PROVIDER = "the openai-compatible provider"
 
+# Error types and codes, inside a stream, that another attempt may get past: OpenAI's
+# server_error and rate limits, vLLM's exception names and status codes.
+_RETRYABLE = frozenset(
+    {"server_error", "rate_limit_exceeded", "requests", "tokens", "InternalServerError",
+     "ServiceUnavailableError", "429", "500", "502", "503", "504"}
+)  # fmt: skip
+
 
 class _Message(msgspec.Struct):
     role: str
     content: str
+
+
+class _StreamOptions(msgspec.Struct):
+    include_usage: bool
 
 
 class _Request(msgspec.Struct, omit_defaults=True):
@@ -27,6 +42,18 @@ class _Request(msgspec.Struct, omit_defaults=True):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
     temperature: float | None = None
+    stream: bool = False
+    stream_options: _StreamOptions | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def counted(self) -> Usage | None:
+        if self.prompt_tokens is None or self.completion_tokens is None:
+            return None
+        return Usage(self.prompt_tokens, self.completion_tokens, "provider")
 
 
 class _AnswerMessage(msgspec.Struct):
@@ -39,12 +66,34 @@ class _Choice(msgspec.Struct):
 
 class _Answer(msgspec.Struct):
     choices: list[_Choice]
+    usage: _Usage | None = None
+
+
+class _Delta(msgspec.Struct):
+    content: str | None = None
+
+
+class _ChunkChoice(msgspec.Struct):
+    delta: _Delta | None = None
+
+
+class _Chunk(msgspec.Struct):
+    """A `chat.completion.chunk`; with include_usage, the last one has no choices and the
+    usage, and the others `"usage": null`. An error line has only `error`."""
+
+    choices: list[_ChunkChoice] | None = None
+    usage: _Usage | None = None
+    error: Any = None
 
 
 def chat_completions_url(api_url: str) -> str:
     """Accept a base URL (`https://api.openai.com/v1`) or the full endpoint."""
     url = api_url.rstrip("/")
     return url if url.endswith("/chat/completions") else f"{url}/chat/completions"
+
+
+def _names(said: ProviderSaid, parameter: str) -> bool:
+    return said.param == parameter or parameter in said.message
 
 
 def _refuses(said: ProviderSaid, parameter: str) -> bool:
@@ -62,7 +111,11 @@ class OpenAIChatModel:
     `max_completion_tokens`) and any temperature but their default. With max_tokens_parameter
     "auto" the first such refusal is answered at once by a resend that leaves the refused
     parameter out, and that is remembered for the process; servers that never refuse
-    (vLLM, Ollama, llama.cpp, TGI) keep getting `max_tokens`. None is never sent."""
+    (vLLM, Ollama, llama.cpp, TGI) keep getting `max_tokens`. None is never sent.
+
+    A stream asks for the usage (`stream_options.include_usage`); a server that rejects the
+    option (a 400 naming it, whatever max_tokens_parameter says) is asked again without it,
+    and never again with it in this process. A server that ignores it sends no usage."""
 
     def __init__(
         self,
@@ -88,18 +141,44 @@ class OpenAIChatModel:
         self._learns = max_tokens_parameter == "auto"
         self._limit_name = "max_tokens" if self._learns else max_tokens_parameter
         self._sends_temperature = True
+        self._asks_usage = True
         self._encode = msgspec.json.Encoder().encode
         self._decoder = msgspec.json.Decoder(_Answer)
+        self._chunk_decoder = msgspec.json.Decoder(_Chunk)
 
-    async def reply(self, conversation: Conversation) -> str:
-        messages = (
-            [_Message("system", conversation.system_prompt)] if conversation.system_prompt else []
-        )
-        messages += [_Message(m.role, m.content) for m in conversation.messages]
-        answer = self._endpoint.decode(self._decoder, await self._post(messages))
+    async def reply(self, conversation: Conversation) -> Answer:
+        answer = self._endpoint.decode(self._decoder, await self._post(_messages(conversation)))
+        usage = answer.usage.counted() if answer.usage else None
         if not answer.choices:
-            return self._endpoint.usable_text(None)
-        return self._endpoint.usable_text(answer.choices[0].message.content)
+            return Answer(self._endpoint.usable_text(None), usage)
+        return Answer(self._endpoint.usable_text(answer.choices[0].message.content), usage)
+
+    async def stream(self, conversation: Conversation) -> AsyncIterator[str | Usage]:
+        """A refusal comes before the first delta, so a resend never repeats text."""
+        messages = _messages(conversation)
+        while True:
+            sent = self._request(messages, streaming=True)
+            items = self._endpoint.stream(self._encode(sent), self._read)
+            try:
+                async with aclosing(items):
+                    async for item in items:
+                        yield item
+                return
+            except ProviderRefused as refusal:
+                if not self._learn(refusal, sent):
+                    raise
+
+    async def _read(self, events: AsyncIterator[SseEvent]) -> AsyncGenerator[str | Usage, None]:
+        async for event in events:
+            if event.data == b"[DONE]":
+                return
+            chunk = self._endpoint.decode(self._chunk_decoder, event.data)
+            if chunk.error is not None:
+                raise self._endpoint.reported(event.data, _RETRYABLE)
+            if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                yield chunk.choices[0].delta.content
+            if chunk.usage is not None and (usage := chunk.usage.counted()) is not None:
+                yield usage
 
     async def _post(self, messages: list[_Message]) -> bytes:
         """Each parameter is learnt at most once, so this resends at most twice."""
@@ -111,8 +190,10 @@ class OpenAIChatModel:
                 if not self._learn(refusal, sent):
                     raise
 
-    def _request(self, messages: list[_Message]) -> _Request:
-        request = _Request(messages, self._model)
+    def _request(self, messages: list[_Message], *, streaming: bool = False) -> _Request:
+        request = _Request(messages, self._model, stream=streaming)
+        if streaming and self._asks_usage:
+            request.stream_options = _StreamOptions(include_usage=True)
         if self._limit_name == "max_tokens":
             request.max_tokens = self._max_tokens
         else:
@@ -125,9 +206,20 @@ class OpenAIChatModel:
         """Whether `sent` carried a parameter the provider refuses; from now on it is left out.
         Concurrent requests may all be refused before the first learns: each resends, and
         only the first logs."""
-        if not self._learns or refusal.status != 400:
+        if refusal.status != 400:
             return False
         learnt = False
+        if sent.stream_options is not None and _names(refusal.said, "stream_options"):
+            learnt = True
+            if self._asks_usage:
+                self._asks_usage = False
+                log.warning(
+                    "%s refuses stream_options%s; streaming without it from now on, and "
+                    "estimating the usage of streamed replies",
+                    PROVIDER, _for_model(self._model),
+                )  # fmt: skip
+        if not self._learns:
+            return learnt
         if sent.max_tokens is not None and _refuses(refusal.said, "max_tokens"):
             learnt = True
             if self._limit_name == "max_tokens":
@@ -149,6 +241,12 @@ class OpenAIChatModel:
                     PROVIDER, sent.temperature, _for_model(self._model),
                 )  # fmt: skip
         return learnt
+
+
+def _messages(conversation: Conversation) -> list[_Message]:
+    system = conversation.system_prompt
+    turns = [_Message(m.role, m.content) for m in conversation.messages]
+    return [_Message("system", system), *turns] if system else turns
 
 
 def _for_model(model: str | None) -> str:

@@ -5,6 +5,7 @@ import pytest
 
 from adapters.llm.anthropic import AnthropicModel, messages_url
 from application.errors import ModelUnavailable
+from domain.answer import Answer, Usage
 from tests.integration.llm_samples import FAST, sample_conversation
 from tests.support.provider_stub import (
     ProviderStub,
@@ -29,7 +30,7 @@ async def test_sends_a_messages_request_and_returns_the_answer(
     provider_stub.plan(json_reply(anthropic_body("4")))
     model = _model(provider_client, messages_url(provider_stub.url))
 
-    assert await model.reply(sample_conversation()) == "4"
+    assert await model.reply(sample_conversation()) == Answer("4")
 
     [request] = provider_stub.requests
     assert request.method == "POST"
@@ -97,7 +98,7 @@ async def test_joins_the_text_blocks_and_skips_the_others(
     provider_stub.plan(json_reply(payload))
     model = _model(provider_client, messages_url(provider_stub.url))
 
-    assert await model.reply(sample_conversation()) == "Two plus two is four."
+    assert await model.reply(sample_conversation()) == Answer("Two plus two is four.")
 
 
 @pytest.mark.parametrize(
@@ -127,5 +128,14 @@ async def test_overloaded_529_is_retried(
     provider_stub.plan(error_reply(529), json_reply(anthropic_body("4")))
     model = _model(provider_client, messages_url(provider_stub.url))
 
-    assert await model.reply(sample_conversation()) == "4"
+    assert await model.reply(sample_conversation()) == Answer("4")
     assert len(provider_stub.requests) == 2
+
+
+async def test_the_answer_carries_the_providers_token_counts(
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
+) -> None:
+    provider_stub.plan(json_reply(anthropic_body("4", usage=(27, 5))))
+    model = _model(provider_client, messages_url(provider_stub.url))
+
+    assert await model.reply(sample_conversation()) == Answer("4", Usage(27, 5, "provider"))

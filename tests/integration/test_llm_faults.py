@@ -1,6 +1,6 @@
 """Provider failures as a user meets them: retried when worth it, reported fast, no key leaked.
 
-The retry and deadline rules live in one place (http_call.post_json), but each adapter wires
+The retry and deadline rules live in one place (http_call.ProviderEndpoint), but each adapter wires
 them up itself, so every fault is played against every provider.
 """
 
@@ -20,6 +20,7 @@ from adapters.llm.huggingface import HuggingFaceModel
 from adapters.llm.openai import OpenAIChatModel, chat_completions_url
 from application.errors import ModelTimeout, ModelUnavailable
 from application.ports import LanguageModel
+from domain.answer import Answer
 from domain.conversation import Conversation
 from domain.message import Message
 from tests.integration.llm_samples import FAST
@@ -95,7 +96,8 @@ async def test_a_server_error_then_success_is_retried(
 ) -> None:
     provider_stub.plan(error_reply(status), _answer(provider, "4"))
 
-    assert await _model(provider, provider_client, provider_stub.url).reply(CONVERSATION) == "4"
+    model = _model(provider, provider_client, provider_stub.url)
+    assert await model.reply(CONVERSATION) == Answer("4")
     assert len(provider_stub.requests) == 2
 
 
@@ -106,7 +108,7 @@ async def test_too_many_requests_waits_for_retry_after_then_succeeds(
     model = _model("openai", provider_client, provider_stub.url)
 
     started = time.monotonic()
-    assert await model.reply(CONVERSATION) == "4"
+    assert await model.reply(CONVERSATION) == Answer("4")
 
     assert time.monotonic() - started >= 0.95
     assert len(provider_stub.requests) == 2
@@ -120,7 +122,7 @@ async def test_a_huge_retry_after_is_capped(
     model = _model("openai", provider_client, provider_stub.url, policy)
 
     started = time.monotonic()
-    assert await model.reply(CONVERSATION) == "4"
+    assert await model.reply(CONVERSATION) == Answer("4")
 
     assert time.monotonic() - started < 1.0
 
@@ -231,7 +233,8 @@ async def test_a_connection_reset_mid_body_is_retried(
 ) -> None:
     provider_stub.plan(cut_mid_body(_answer(provider, "lost " * 10)), _answer(provider, "4"))
 
-    assert await _model(provider, provider_client, provider_stub.url).reply(CONVERSATION) == "4"
+    model = _model(provider, provider_client, provider_stub.url)
+    assert await model.reply(CONVERSATION) == Answer("4")
     assert len(provider_stub.requests) == 2
 
 

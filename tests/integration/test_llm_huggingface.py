@@ -5,6 +5,7 @@ import pytest
 
 from adapters.llm.huggingface import HuggingFaceModel
 from application.errors import ModelUnavailable
+from domain.answer import Answer, Usage
 from tests.integration.llm_samples import FAST, sample_conversation
 from tests.support.provider_stub import ProviderStub, huggingface_body, json_reply
 
@@ -32,7 +33,7 @@ async def test_sends_the_mistral_prompt_and_returns_the_generated_text(
     provider_stub.plan(json_reply(huggingface_body(" 4")))
     model = _model(provider_client, provider_stub.url + MODEL_PATH)
 
-    assert await model.reply(sample_conversation()) == "4"
+    assert await model.reply(sample_conversation()) == Answer("4")
 
     [request] = provider_stub.requests
     assert request.method == "POST"
@@ -103,7 +104,7 @@ async def test_reads_both_answer_shapes(
     provider_stub.plan(json_reply(huggingface_body("Four.", as_list=as_list)))
     model = _model(provider_client, provider_stub.url + MODEL_PATH)
 
-    assert await model.reply(sample_conversation()) == "Four."
+    assert await model.reply(sample_conversation()) == Answer("Four.")
 
 
 async def test_a_server_that_echoes_the_prompt_still_yields_only_the_answer(
@@ -112,7 +113,7 @@ async def test_a_server_that_echoes_the_prompt_still_yields_only_the_answer(
     provider_stub.plan(json_reply(huggingface_body(PROMPT + " Four.")))
     model = _model(provider_client, provider_stub.url + MODEL_PATH)
 
-    assert await model.reply(sample_conversation()) == "Four."
+    assert await model.reply(sample_conversation()) == Answer("Four.")
 
 
 @pytest.mark.parametrize(
@@ -135,3 +136,18 @@ async def test_an_answer_without_text_is_model_unavailable(
     with pytest.raises(ModelUnavailable, match="huggingface provider"):
         await model.reply(sample_conversation())
     assert len(provider_stub.requests) == 1
+
+
+async def test_the_answer_counts_tokens_only_when_the_server_counts_both(
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
+) -> None:
+    """TGI's details count the generated tokens; the prompt's only in some versions."""
+    generated = {"finish_reason": "eos_token", "generated_tokens": 3, "seed": None}
+    provider_stub.plan(
+        json_reply({"generated_text": "Four.", "details": generated}),
+        json_reply({"generated_text": "Four.", "details": {**generated, "input_length": 19}}),
+    )
+    model = _model(provider_client, provider_stub.url + "/generate")
+
+    assert await model.reply(sample_conversation()) == Answer("Four.")
+    assert await model.reply(sample_conversation()) == Answer("Four.", Usage(19, 3, "provider"))

@@ -10,6 +10,7 @@ from adapters.llm.openai import OpenAIChatModel, chat_completions_url
 from adapters.llm.provider_error import ProviderRefused
 from adapters.llm.token_limit import TokenLimitParameter
 from application.errors import ModelUnavailable
+from domain.answer import Answer, Usage
 from tests.integration.llm_samples import FAST, sample_conversation
 from tests.support.provider_stub import (
     ProviderStub,
@@ -45,7 +46,7 @@ async def test_sends_a_chat_completion_request_and_returns_the_answer(
     provider_stub.plan(json_reply(openai_body("4")))
     model = _model(provider_client, chat_completions_url(f"{provider_stub.url}/v1"))
 
-    assert await model.reply(sample_conversation()) == "4"
+    assert await model.reply(sample_conversation()) == Answer("4")
 
     [request] = provider_stub.requests
     assert request.method == "POST"
@@ -168,10 +169,9 @@ async def test_successive_replies_reuse_one_pooled_connection(
     provider_stub.plan(json_reply(openai_body("one")), json_reply(openai_body("two")))
     model = _model(provider_client, chat_completions_url(provider_stub.url))
 
-    assert [await model.reply(sample_conversation()), await model.reply(sample_conversation())] == [
-        "one",
-        "two",
-    ]
+    first = await model.reply(sample_conversation())
+    second = await model.reply(sample_conversation())
+    assert [first.text, second.text] == ["one", "two"]
     assert [r.connection for r in provider_stub.requests] == [1, 1]
 
 
@@ -182,7 +182,7 @@ async def test_replies_from_a_stub_serving_from_its_own_thread(
     provider_stub_thread.plan(json_reply(openai_body("from the thread")))
     model = _model(provider_client, chat_completions_url(provider_stub_thread.url))
 
-    assert await model.reply(sample_conversation()) == "from the thread"
+    assert await model.reply(sample_conversation()) == Answer("from the thread")
     assert len(provider_stub_thread.requests) == 1
 
 
@@ -218,8 +218,8 @@ async def test_auto_learns_a_reasoning_models_parameters_from_its_refusals_once(
     provider_stub.default = openai_reasoning_model("4")
     model = _model(provider_client, chat_completions_url(provider_stub.url), model="gpt-5-mini")
 
-    assert await model.reply(sample_conversation()) == "4"
-    assert await model.reply(sample_conversation()) == "4"
+    assert await model.reply(sample_conversation()) == Answer("4")
+    assert await model.reply(sample_conversation()) == Answer("4")
 
     assert [_sampling(r.json) for r in provider_stub.requests] == [
         {"max_tokens": 128, "temperature": 0.3},  # refused: max_tokens
@@ -244,7 +244,7 @@ async def test_concurrent_turns_all_resend_and_the_lesson_is_logged_once(
 
     answers = await asyncio.gather(*(model.reply(sample_conversation()) for _ in range(5)))
 
-    assert answers == ["4"] * 5
+    assert answers == [Answer("4")] * 5
     assert [_sampling(r.json) for r in provider_stub.requests].count(
         {"max_completion_tokens": 128}
     ) == 5
@@ -260,7 +260,7 @@ async def test_auto_drops_a_temperature_the_model_does_not_take_at_all(
     provider_stub.plan(openai_temperature_unknown(), json_reply(openai_body("ok")))
     model = _model(provider_client, chat_completions_url(provider_stub.url), max_tokens=None)
 
-    assert await model.reply(sample_conversation()) == "ok"
+    assert await model.reply(sample_conversation()) == Answer("ok")
 
     assert [_sampling(r.json) for r in provider_stub.requests] == [{"temperature": 0.3}, {}]
 
@@ -276,7 +276,7 @@ async def test_max_completion_tokens_when_configured_is_sent_from_the_first_requ
         max_tokens_parameter="max_completion_tokens",
     )
 
-    assert await model.reply(sample_conversation()) == "ok"
+    assert await model.reply(sample_conversation()) == Answer("ok")
 
     assert [_sampling(r.json) for r in provider_stub.requests] == [{"max_completion_tokens": 128}]
 
@@ -326,3 +326,12 @@ async def test_a_server_that_takes_max_tokens_keeps_getting_it(
     assert [_sampling(r.json) for r in provider_stub.requests] == [
         {"max_tokens": 128, "temperature": 0.3}
     ] * 3
+
+
+async def test_the_answer_carries_the_providers_token_counts(
+    provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
+) -> None:
+    provider_stub.plan(json_reply(openai_body("4", usage=(31, 1))))
+    model = _model(provider_client, chat_completions_url(provider_stub.url))
+
+    assert await model.reply(sample_conversation()) == Answer("4", Usage(31, 1, "provider"))

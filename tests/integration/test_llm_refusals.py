@@ -13,6 +13,7 @@ from adapters.llm.openai import OpenAIChatModel, chat_completions_url
 from adapters.llm.provider_error import MESSAGE_CHARS
 from application.errors import ModelTimeout, ModelUnavailable
 from application.ports import LanguageModel
+from domain.answer import Answer
 from tests.integration.llm_samples import FAST, sample_conversation
 from tests.support.provider_stub import (
     OPENAI_KEY_PAGE,
@@ -400,7 +401,8 @@ async def test_a_5xx_cut_by_a_reset_is_still_retried(
         json_reply(openai_body("4")),
     )
 
-    assert await _openai(provider_client, provider_stub.url).reply(sample_conversation()) == "4"
+    model = _openai(provider_client, provider_stub.url)
+    assert await model.reply(sample_conversation()) == Answer("4")
     assert len(provider_stub.requests) == 2
 
 

@@ -6,6 +6,11 @@ selects how it misbehaves; a new fault is a new kind handled in `_send`. Where t
 depends on the request (a model that refuses some parameters), a Responder stands in for the
 Reply and makes one from the request.
 
+A streamed reply (kind "stream", made by `streamed`) is a list of byte pieces, each sent as
+its own write after its own pause, so a test can split an event mid-line or mid-character and
+then end it cleanly, with a TCP reset, or with a stall. `openai_stream`, `anthropic_stream`
+and `tgi_stream` write the providers' event streams byte for byte.
+
 The stub also shows what its client does: `open_connections` and `replying` right now, and in
 `abandoned` every connection the client closed before its reply was completely sent, with the
 time, so a test can see a caller give up on (cancel) a provider call and release its connection.
@@ -14,13 +19,14 @@ time, so a test can see a caller give up on (cancel) a provider call and release
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import socket
 import struct
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
@@ -33,8 +39,12 @@ from adapters.llm.aiohttp_transport import AiohttpTransport
 
 # complete: headers then the whole body. trickle: the body in chunk_size pieces, chunk_interval
 # apart. cut_mid_body: half the declared body, then a TCP reset. no_headers: read the request,
-# then say nothing until the client hangs up.
-Kind = Literal["complete", "trickle", "cut_mid_body", "no_headers"]
+# then say nothing until the client hangs up. stream: `pieces`, each after its `pauses` entry,
+# then `ending`.
+Kind = Literal["complete", "trickle", "cut_mid_body", "no_headers", "stream"]
+# complete: the body ends as declared. reset: a TCP reset instead. stall: nothing more is
+# sent; the connection stays open until the client hangs up.
+Ending = Literal["complete", "reset", "stall"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,9 @@ class Reply:
     chunked: bool = False  # Transfer-Encoding: chunked instead of Content-Length
     chunk_size: int = 16
     chunk_interval: float = 0.05
+    pieces: tuple[bytes, ...] = ()  # kind "stream": the body, as written
+    pauses: tuple[float, ...] = ()  # kind "stream": seconds before each piece
+    ending: Ending = "complete"  # kind "stream"
 
 
 @dataclass(frozen=True)
@@ -127,23 +140,31 @@ def no_headers() -> Reply:
     return Reply(kind="no_headers")
 
 
-def openai_body(text: str | None) -> dict[str, Any]:
+def openai_body(text: str | None, usage: tuple[int, int] | None = None) -> dict[str, Any]:
     message = {"role": "assistant", "content": text}
-    return {
+    body: dict[str, Any] = {
         "id": "chatcmpl-stub",
         "object": "chat.completion",
         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
     }
+    if usage is not None:
+        prompt, completion = usage
+        body["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                         "total_tokens": prompt + completion}  # fmt: skip
+    return body
 
 
-def anthropic_body(*texts: str) -> dict[str, Any]:
-    return {
+def anthropic_body(*texts: str, usage: tuple[int, int] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "id": "msg_stub",
         "type": "message",
         "role": "assistant",
         "content": [{"type": "text", "text": text} for text in texts],
         "stop_reason": "end_turn",
     }
+    if usage is not None:
+        body["usage"] = {"input_tokens": usage[0], "output_tokens": usage[1]}
+    return body
 
 
 def huggingface_body(text: str, *, as_list: bool = True) -> object:
@@ -271,6 +292,182 @@ def huggingface_error(status: int, error: str | list[str], error_type: str | Non
         payload["error_type"] = error_type
     body = json.dumps(payload, separators=(",", ":"))
     return Reply(status, body.encode(), {"content-type": "application/json"})
+
+
+# --- streamed replies --------------------------------------------------------------------
+
+
+def streamed(
+    pieces: Sequence[bytes],
+    *,
+    pause: float | Sequence[float] = 0.0,
+    ending: Ending = "complete",
+    status: int = 200,
+    content_type: str = "text/event-stream",
+) -> Reply:
+    """A chunked reply written as `pieces`; `pause` seconds before each piece but the first
+    (one figure for all, or one per piece)."""
+    pauses = tuple(pause) if isinstance(pause, Sequence) else (0.0,) + (pause,) * (len(pieces) - 1)
+    assert len(pauses) == len(pieces), "one pause per piece"
+    return Reply(
+        status,
+        b"".join(pieces),
+        {"content-type": content_type, "cache-control": "no-cache"},
+        kind="stream",
+        chunked=True,
+        pieces=tuple(pieces),
+        pauses=pauses,
+        ending=ending,
+    )
+
+
+def split_at(body: bytes, *offsets: int) -> list[bytes]:
+    """`body` cut at these byte offsets: the pieces for `streamed`."""
+    bounds = [0, *sorted(offsets), len(body)]
+    return [body[start:end] for start, end in itertools.pairwise(bounds)]
+
+
+def _compact(payload: object) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def openai_stream(
+    *deltas: str,
+    usage: tuple[int, int] | None = None,
+    start: bool = True,
+    end: bool = True,
+    model: str = "gpt-4o-mini-2024-07-18",
+) -> bytes:
+    """Chat Completions chunks as OpenAI writes them: a first chunk with the role and empty
+    content, one per delta, one with finish_reason, then with stream_options.include_usage
+    a chunk with empty choices and the usage (`"usage":null` on the others), and [DONE].
+    start/end False leave out the opening or the closing chunks, to build a broken stream."""
+
+    def chunk(delta: dict[str, object] | None, finish: str | None = None) -> bytes:
+        payload: dict[str, object] = {
+            "id": "chatcmpl-StubStream0001",
+            "object": "chat.completion.chunk",
+            "created": 1718000000,
+            "model": model,
+            "system_fingerprint": "fp_stub0001",
+            "choices": []
+            if delta is None
+            else [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        }
+        if usage is not None:
+            prompt, completion = usage
+            counts = {"prompt_tokens": prompt, "completion_tokens": completion,
+                      "total_tokens": prompt + completion}  # fmt: skip
+            payload["usage"] = counts if delta is None else None
+        return f"data: {_compact(payload)}\n\n".encode()
+
+    body = chunk({"role": "assistant", "content": "", "refusal": None}) if start else b""
+    body += b"".join(chunk({"content": delta}) for delta in deltas)
+    if end:
+        body += chunk({}, "stop")
+        body += chunk(None) if usage is not None else b""
+        body += b"data: [DONE]\n\n"
+    return body
+
+
+def openai_stream_error(message: str, kind: str = "server_error", code: str | None = None) -> bytes:
+    """An error OpenAI writes into a stream already answered 200."""
+    error = {"message": message, "type": kind, "param": None, "code": code}
+    return f"data: {_compact({'error': error})}\n\n".encode()
+
+
+def _anthropic_event(name: str, payload: object) -> bytes:
+    return f"event: {name}\ndata: {_compact(payload)}\n\n".encode()
+
+
+def anthropic_stream(
+    *deltas: str,
+    input_tokens: int = 21,
+    output_tokens: int | None = None,
+    start: bool = True,
+    end: bool = True,
+) -> bytes:
+    """The Messages API's events as Anthropic writes them: message_start (input tokens),
+    content_block_start, a ping, a text_delta per delta, content_block_stop, message_delta
+    (output tokens), message_stop."""
+    body = b""
+    if start:
+        message = {
+            "id": "msg_01StubStream",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude-3-5-haiku-20241022",
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": 1},
+        }
+        body += _anthropic_event("message_start", {"type": "message_start", "message": message})
+        block = {"type": "text", "text": ""}
+        body += _anthropic_event(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": block},
+        )
+        body += _anthropic_event("ping", {"type": "ping"})
+    for delta in deltas:
+        text_delta = {"type": "text_delta", "text": delta}
+        body += _anthropic_event(
+            "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": text_delta}
+        )
+    if end:
+        body += _anthropic_event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        counted = output_tokens if output_tokens is not None else len(deltas)
+        body += _anthropic_event(
+            "message_delta",
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                "usage": {"output_tokens": counted},
+            },
+        )
+        body += _anthropic_event("message_stop", {"type": "message_stop"})
+    return body
+
+
+def anthropic_stream_error(kind: str = "overloaded_error", message: str = "Overloaded") -> bytes:
+    """The error event Anthropic writes into a stream already answered 200."""
+    return _anthropic_event("error", {"type": "error", "error": {"type": kind, "message": message}})
+
+
+def tgi_stream(
+    *tokens: str,
+    input_length: int | None = None,
+    end: bool = True,
+    first_index: int = 1,
+) -> bytes:
+    """TGI's `/generate_stream` events (no space after `data:`, as TGI writes them): one per
+    token, then the end-of-sequence token (special) with the whole `generated_text` and
+    `details`; `input_length` in details as the TGI versions that count the prompt send it."""
+    body = b""
+    index = first_index
+    for text in tokens:
+        token = {"id": 1000 + index, "text": text, "logprob": -0.25, "special": False}
+        event = {"index": index, "token": token, "generated_text": None, "details": None}
+        body += f"data:{_compact(event)}\n\n".encode()
+        index += 1
+    if end:
+        details: dict[str, object] = {
+            "finish_reason": "eos_token",
+            "generated_tokens": len(tokens) + 1,
+            "seed": None,
+        }
+        if input_length is not None:
+            details["input_length"] = input_length
+        token = {"id": 2, "text": "</s>", "logprob": -0.01, "special": True}
+        event = {"index": index, "token": token, "generated_text": "".join(tokens).strip(),
+                 "details": details}  # fmt: skip
+        body += f"data:{_compact(event)}\n\n".encode()
+    return body
+
+
+def tgi_stream_error(message: str, error_type: str = "overloaded") -> bytes:
+    """The error event TGI writes into a stream already answered 200."""
+    return f"data:{_compact({'error': message, 'error_type': error_type})}\n\n".encode()
 
 
 NOTHING_PLANNED = error_reply(500)
@@ -440,10 +637,10 @@ async def _write(reply: Reply, reader: asyncio.StreamReader, writer: asyncio.Str
     if reply.kind == "cut_mid_body":
         writer.write(body[: len(body) // 2])
         await writer.drain()
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        writer.transport.abort()  # with linger 0: an RST, not an orderly FIN
+        _reset(writer)
         return False
+    if reply.kind == "stream":
+        return await _write_stream(reply, reader, writer)
     if reply.kind == "trickle":
         pieces = [body[i : i + reply.chunk_size] for i in range(0, len(body), reply.chunk_size)]
     else:
@@ -463,6 +660,37 @@ async def _write(reply: Reply, reader: asyncio.StreamReader, writer: asyncio.Str
         writer.write(b"0\r\n\r\n")
     await writer.drain()
     return True
+
+
+async def _write_stream(
+    reply: Reply, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> bool:
+    for piece, pause in zip(reply.pieces, reply.pauses, strict=True):
+        try:
+            await _pause(reader, pause)
+        except _ClientLeft:
+            raise _ClientLeft("during-body") from None
+        if _client_gone(reader):
+            raise _ClientLeft("during-body")
+        if piece:
+            writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if reply.chunked else piece)
+            await writer.drain()
+    if reply.ending == "reset":
+        _reset(writer)
+        return False
+    if reply.ending == "stall":
+        await reader.read()  # returns at EOF: when the client gives up
+        raise _ClientLeft("during-body")
+    if reply.chunked:
+        writer.write(b"0\r\n\r\n")
+    await writer.drain()
+    return True
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # with linger 0: an RST, not an orderly FIN
 
 
 @contextlib.contextmanager
