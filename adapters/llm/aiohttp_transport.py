@@ -1,11 +1,10 @@
 """httpx's API over aiohttp's connection pool.
 
 The adapters speak httpx (Request, Response, a transport); this transport moves the bytes.
-Measured with scripts/bench on the provider call alone, httpx's own transport spends most of
-each request in its connection pool (it scans every pooled connection on each request start
-and end); aiohttp's serves the same loopback stand-in about 3x faster. aiohttp failures are
-reported as the httpx exceptions they mean, so the retry policy in http_call sees the same
-faults either way.
+httpx's own transport spends most of each request in its connection pool (it scans every
+pooled connection on each request start and end); docs/benchmark has the measurements.
+aiohttp failures are reported as the httpx exceptions they mean, so the retry policy in
+http_call sees the same faults either way.
 """
 
 import asyncio
