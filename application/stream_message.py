@@ -181,10 +181,12 @@ class StreamMessage:
             try:
                 first = await _first_text(deltas)
             except BaseException as error:
-                if isinstance(error, asyncio.CancelledError):
+                if isinstance(error, asyncio.CancelledError):  # before anything was promised
                     run.committed.cancel()
+                    if pending is not None and self._leases is not None:
+                        await self._leases.release(pending)
                     raise
-                run.committed.set_exception(error)
+                run.committed.set_exception(error)  # start() raises it and frees the key
                 return
             run.emit(SessionData(run.key.session_id))
             run.emit(DeltaData(first))
@@ -197,9 +199,6 @@ class StreamMessage:
         finally:
             if lease is not None:
                 lease.cancel()
-            done = bool(run.events) and run.events[-1].name == "done"
-            if not done and pending is not None and self._leases is not None:
-                await self._leases.release(pending)
             await deltas.aclose()
 
     async def _finish(
@@ -229,17 +228,25 @@ class StreamMessage:
                 )
             )
         except asyncio.CancelledError:
-            status, detail = run.cancelled_with or (503, SHUT_DOWN)
-            run.emit(ErrorData(status, detail))
+            await self._fail(run, pending, *(run.cancelled_with or (503, SHUT_DOWN)))
             raise
         except (ModelUnavailable, HistoryUnavailable) as error:
-            run.emit(ErrorData(self._status(error), str(error)))
+            await self._fail(run, pending, self._status(error), str(error))
             return
         except Exception as error:
             log.exception("reply %s failed", run.reply_id, exc_info=error)
-            run.emit(ErrorData(self._status(error), "internal error; it has been logged"))
+            await self._fail(
+                run, pending, self._status(error), "internal error; it has been logged"
+            )
             return
         run.emit(DoneData(run.key.session_id, answer, usage, stopped))
+
+    async def _fail(self, run: ReplyRun, pending: Receipt | None, status: int, detail: str) -> None:
+        """End with an error; the key is freed first, so a client that retries on seeing the
+        error runs its request again rather than follow this one."""
+        if pending is not None and self._leases is not None:
+            await self._leases.release(pending)
+        run.emit(ErrorData(status, detail))
 
     async def _relay(
         self, run: ReplyRun, deltas: AsyncGenerator[str | Usage, None], texts: list[str]

@@ -16,7 +16,13 @@ from litestar.params import HeaderParameter, JSONBody
 from litestar.response import Stream
 
 from application.reply_run import Streamed
-from domain.reply_events import event_id
+from domain.reply_events import (
+    DeltaData,
+    DoneData,
+    ErrorData,
+    SessionData,
+    event_id,
+)
 from entrypoints.http.controllers import (
     COMMON_ERRORS,
     SEND_ERRORS,
@@ -62,8 +68,40 @@ def _event_stream(streamed: Streamed) -> Stream:
     return Stream(_frames(streamed), media_type=MEDIA_TYPE, headers=_HEADERS)
 
 
+# The events as the OpenAPI document shows them; on the wire each is the SSE lines
+# `event:`, `id:` and `data:`.
+class SessionEvent(msgspec.Struct, tag_field="event", tag="session"):
+    id: str
+    data: SessionData
+
+
+class DeltaEvent(msgspec.Struct, tag_field="event", tag="delta"):
+    id: str
+    data: DeltaData
+
+
+class DoneEvent(msgspec.Struct, tag_field="event", tag="done"):
+    id: str
+    data: DoneData
+
+
+class ErrorEvent(msgspec.Struct, tag_field="event", tag="error"):
+    id: str
+    data: ErrorData
+
+
+StreamEvent = SessionEvent | DeltaEvent | DoneEvent | ErrorEvent
+
+
 def _stream_spec() -> dict[int, ResponseSpec]:
-    return {200: ResponseSpec(None, description=EVENTS_DESCRIPTION, media_type=MEDIA_TYPE)}
+    return {
+        200: ResponseSpec(
+            StreamEvent,
+            description=EVENTS_DESCRIPTION,
+            media_type=MEDIA_TYPE,
+            generate_examples=False,
+        )
+    }
 
 
 class Stopping(msgspec.Struct):

@@ -31,3 +31,33 @@ class ScriptedModel:
 
 def unavailable() -> ModelUnavailable:
     return ModelUnavailable("the test provider answered HTTP 500")
+
+
+class StreamingModel:
+    """Streams its chunks (texts, and a Usage if given) in order; can hold before chunk
+    `hold_at` until `release` is set, or raise `failure` instead of chunk `fail_at`."""
+
+    def __init__(self, *chunks: str | Usage) -> None:
+        self.chunks = list(chunks or ("Once", " upon", " a time"))
+        self.hold_at: int | None = None
+        self.release = asyncio.Event()
+        self.fail_at: int | None = None
+        self.failure: Exception = unavailable()
+        self.calls = 0
+        self.closed = 0
+
+    async def reply(self, conversation: Conversation) -> Answer:
+        texts = [c async for c in self.stream(conversation) if isinstance(c, str)]
+        return Answer("".join(texts))
+
+    async def stream(self, conversation: Conversation) -> AsyncIterator[str | Usage]:
+        self.calls += 1
+        try:
+            for index, chunk in enumerate(self.chunks):
+                if index == self.hold_at:
+                    await self.release.wait()
+                if index == self.fail_at:
+                    raise self.failure
+                yield chunk
+        finally:
+            self.closed += 1
