@@ -50,11 +50,8 @@ class ChatHistory(Protocol):
         """Return when the store answers; raise HistoryUnavailable otherwise."""
         ...
 
-
-@runtime_checkable
-class RequestReceipts(Protocol):
-    """Receipts of requests made with an Idempotency-Key. The history store keeps them, since
-    a completed receipt is written in the same atomic step as its exchange."""
+    # Receipts of requests made with an Idempotency-Key live with the histories, since a
+    # completed receipt is written in the same atomic step as its exchange.
 
     async def claim(self, pending: Receipt, ttl_seconds: float) -> Receipt | None:
         """Record `pending` (a receipt without reply) for ttl_seconds, unless a receipt for the

@@ -5,7 +5,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from application.errors import HistoryUnavailable, IdempotencyConflict
-from application.ports import RequestReceipts
+from application.ports import ChatHistory
 from domain.idempotency import Receipt
 
 T = TypeVar("T")
@@ -27,7 +27,7 @@ class RequestLeases:
 
     def __init__(
         self,
-        receipts: RequestReceipts,
+        receipts: ChatHistory,
         *,
         in_flight_seconds: float,
         lease_seconds: float = 10.0,

@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from adapters.memory_history import MemoryHistory
 from adapters.redis_history import RedisHistory
-from application.ports import ChatHistory, RequestReceipts
+from application.ports import ChatHistory
 from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, Reply
 from domain.message import Message
 from domain.session import SessionKey
@@ -232,17 +232,12 @@ async def test_ping_answers(store: HistoryStore) -> None:
 PENDING = Receipt("public", "key-1", "fingerprint-1")
 
 
-def receipts_of(history: ChatHistory) -> RequestReceipts:
-    assert isinstance(history, RequestReceipts)
-    return history
-
-
 def done(pending: Receipt, text: str) -> Receipt:
     return Receipt(pending.namespace, pending.key, pending.fingerprint, Reply("s-1", text))
 
 
 async def test_a_claim_is_held_until_released(store: HistoryStore) -> None:
-    receipts = receipts_of(store.make(10, 60))
+    receipts = store.make(10, 60)
 
     assert await receipts.claim(PENDING, ttl_seconds=60) is None
     assert await receipts.claim(Receipt("public", "key-1", "other"), ttl_seconds=60) == PENDING
@@ -251,7 +246,7 @@ async def test_a_claim_is_held_until_released(store: HistoryStore) -> None:
 
 
 async def test_an_abandoned_claim_expires(store: HistoryStore) -> None:
-    receipts = receipts_of(store.make(10, 60))
+    receipts = store.make(10, 60)
     await receipts.claim(PENDING, ttl_seconds=30)
 
     await store.advance(31)
@@ -263,18 +258,17 @@ async def test_a_completed_receipt_is_written_with_its_exchange_and_kept_a_day(
     store: HistoryStore,
 ) -> None:
     history = store.make(10, 0)
-    receipts = receipts_of(history)
-    await receipts.claim(PENDING, ttl_seconds=60)
+    await history.claim(PENDING, ttl_seconds=60)
     question, answer = exchange(1)
 
     assert await history.append_exchange(KEY, question, answer, done(PENDING, "answer 1")) is None
 
-    assert await receipts.claim(PENDING, ttl_seconds=60) == done(PENDING, "answer 1")
-    await receipts.release(PENDING)  # a completed receipt is never released
+    assert await history.claim(PENDING, ttl_seconds=60) == done(PENDING, "answer 1")
+    await history.release(PENDING)  # a completed receipt is never released
     await store.advance(RECEIPT_TTL_SECONDS - 60)
-    assert await receipts.claim(PENDING, ttl_seconds=60) == done(PENDING, "answer 1")
+    assert await history.claim(PENDING, ttl_seconds=60) == done(PENDING, "answer 1")
     await store.advance(61)
-    assert await receipts.claim(PENDING, ttl_seconds=60) is None
+    assert await history.claim(PENDING, ttl_seconds=60) is None
     assert await history.load(KEY) == [question, answer]
 
 
@@ -290,14 +284,14 @@ async def test_an_answered_request_is_never_appended_twice(store: HistoryStore) 
 
 
 async def test_receipts_are_per_namespace(store: HistoryStore) -> None:
-    receipts = receipts_of(store.make(10, 60))
+    receipts = store.make(10, 60)
     await receipts.claim(PENDING, ttl_seconds=60)
 
     assert await receipts.claim(Receipt("other", "key-1", "fingerprint-1"), 60) is None
 
 
 async def test_a_claim_extended_by_its_holder_outlives_its_first_ttl(store: HistoryStore) -> None:
-    receipts = receipts_of(store.make(10, 60))
+    receipts = store.make(10, 60)
     await receipts.claim(PENDING, ttl_seconds=10)
 
     await store.advance(8)
