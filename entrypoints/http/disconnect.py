@@ -16,6 +16,44 @@ from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Sen
 log = logging.getLogger("chat.http")
 
 
+class _Watch:
+    """One request's watch on its client. `responding`: the answer has begun, so a later
+    disconnect is uvicorn reporting the end of the exchange, not the client giving up."""
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self.handler = handler
+        self._receive = receive
+        self._send = send
+        self.responding = False
+        self.cancelled_the_handler = False
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def receive(self) -> ReceiveMessage:
+        message = await self._receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            self._watcher = self._watcher or asyncio.create_task(self._watch())
+        return message
+
+    async def send(self, message: Message) -> None:
+        self.responding = True
+        await self._send(message)
+
+    async def _watch(self) -> None:
+        # Returns at disconnect, or once the response is complete.
+        message = await self._receive()
+        if message["type"] == "http.disconnect" and not self.responding:
+            self.cancelled_the_handler = True
+            self.handler.cancel()
+
+    async def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+
+
 def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
     """ASGI middleware: once the request body has been read, watch for `http.disconnect`.
 
@@ -28,44 +66,15 @@ def cancel_on_disconnect(app: ASGIApp) -> ASGIApp:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        handler = asyncio.current_task()
-        assert handler is not None
-        responding = False
-        cancelled_by_us = False
-        watcher: asyncio.Task[None] | None = None
-
-        async def watch() -> None:
-            nonlocal cancelled_by_us
-            # Returns at disconnect, or once the response is complete (uvicorn then also
-            # reports a disconnect; `responding` tells the two apart).
-            message = await receive()
-            if message["type"] == "http.disconnect" and not responding:
-                cancelled_by_us = True
-                handler.cancel()
-
-        async def receive_body() -> ReceiveMessage:
-            nonlocal watcher
-            message = await receive()
-            if message["type"] == "http.request" and not message.get("more_body", False):
-                watcher = watcher or asyncio.create_task(watch())
-            return message
-
-        async def send_tracked(message: Message) -> None:
-            nonlocal responding
-            responding = True
-            await send(message)
-
+        watch = _Watch(receive, send)
         try:
-            await app(scope, receive_body, send_tracked)
+            await app(scope, watch.receive, watch.send)
         except asyncio.CancelledError:
-            if not cancelled_by_us:
+            if not watch.cancelled_the_handler:
                 raise
-            handler.uncancel()  # the client is gone: nothing to answer, nothing to re-raise
+            watch.handler.uncancel()  # the client is gone: nothing to answer or re-raise
             log.info("%s %s: the client hung up; request cancelled", scope["method"], scope["path"])
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            await watch.close()
 
     return middleware
