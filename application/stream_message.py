@@ -282,9 +282,13 @@ class StreamMessage:
         """Write the run's new events to the log, FLUSH_SECONDS apart at most, and the
         heartbeat in between; after the terminal event, keep trying for a while."""
         published = -1
-        renewed = -HEARTBEAT_SECONDS
+        renewed = time.monotonic()
         gave_up_at: float | None = None
         while True:
+            if not run.ended.is_set():  # let a batch gather (its first one too)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FLUSH_SECONDS):
+                        await run.ended.wait()
             ended = run.ended.is_set()
             now = time.monotonic()
             if len(run.events) - 1 > published or now - renewed >= HEARTBEAT_SECONDS:
@@ -298,16 +302,12 @@ class StreamMessage:
                         run.stop.set()
             if ended and published == len(run.events) - 1:
                 return
-            if not ended:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(FLUSH_SECONDS):
-                        await run.ended.wait()
-                continue
-            gave_up_at = gave_up_at or now + FINAL_PUBLISH_SECONDS
-            if now > gave_up_at:
-                log.warning("reply %s: its last events were never published", run.reply_id)
-                return
-            await asyncio.sleep(FLUSH_SECONDS)
+            if ended:
+                gave_up_at = gave_up_at or now + FINAL_PUBLISH_SECONDS
+                if now > gave_up_at:
+                    log.warning("reply %s: its last events were never published", run.reply_id)
+                    return
+                await asyncio.sleep(FLUSH_SECONDS)
 
 
 async def _replayed(reply: Reply) -> AsyncIterator[ReplyEvent | None]:

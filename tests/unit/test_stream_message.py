@@ -237,6 +237,7 @@ async def test_re_attaching_with_the_last_id_sends_the_rest_of_the_same_reply() 
 async def test_re_attaching_without_an_id_sends_the_latest_reply_whole() -> None:
     w = world()
     first = await collect(await start(w))
+    await w.streams.drain(5)  # its last batch is published
 
     again = await collect(await w.attach.execute(NS, " s ", idle_seconds=5))
 
