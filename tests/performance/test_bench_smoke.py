@@ -18,7 +18,7 @@ from tests.performance.processes import REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.performance]
 
-SCENARIOS = {"s1", "s2", "s3", "s4", "s5"}
+SCENARIOS = {"s1", "s2", "s3", "s4", "s5", "s6"}
 # wrk where installed (as the full run needs it); a fresh machine runs the built-in generator.
 GENERATOR = "wrk" if wrk_path() is not None else "builtin"
 
@@ -47,10 +47,17 @@ def test_a_smoke_run_writes_every_scenario(tmp_path: Path) -> None:
     assert set(s1["runs"]) == {"chat", "proxy", "noop", "stub"}
     assert all(run["requests"] > 0 for run in s1["runs"].values()), s1
     assert set(results["scenarios"]["s4"]["lengths"]) == {"0", "50", "500"}
-    assert {t["scenario"] for t in results["targets"]} == {"S1", "S2", "S3", "S4", "S5"}
+    s6 = results["scenarios"]["s6"]
+    one = s6["ttft_one_connection"]
+    for run in (s6["relayed"], s6["direct"], one["service"], one["direct"]):
+        assert run["error_count"] == 0, run
+        assert run["ttft_ms"]["count"] > 0, run
+    assert s6["relayed"]["tokens_per_stream"]["min"] == s6["tokens_per_reply"], s6["relayed"]
+    assert s6["redis"]["round_trips_per_reply"] > 0, s6["redis"]
+    assert {t["scenario"] for t in results["targets"]} == {"S1", "S2", "S3", "S4", "S5", "S6"}
 
     table = (tmp_path / "results.md").read_text()
-    for label in ("S1 (", "S2 (", "S3 (", "S4 (", "S5:", "| met |"):
+    for label in ("S1 (", "S2 (", "S3 (", "S4 (", "S5:", "| S6 streaming |", "S6:", "| met |"):
         assert label in table, table
         assert label in done.stdout
     assert (tmp_path / "chart.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
