@@ -387,3 +387,30 @@ def assert_paired(messages: list[dict[str, Any]], questions: list[str]) -> None:
 def openai_config(stub: ProviderStub, **llm: str) -> dict[str, str]:
     """[llm] for the openai provider pointed at the stub; keyword arguments add or override."""
     return {"provider": "openai", "api_url": f"{stub.url}/v1", "max_retries": "0", **llm}
+
+
+def stored_messages(service: Service, http: httpx.Client, session_id: str) -> list[tuple[str, str]]:
+    """(role, content) of each message GET /chat/{session_id} shows; none for a 404."""
+    response = http.get(f"/chat/{session_id}")
+    if response.status_code == 404:
+        return []
+    shown = service.expect(response, 200)
+    return [(message["role"], message["content"]) for message in shown["messages"]]
+
+
+def assert_stored_once(
+    service: Service, http: httpx.Client, session_id: str, message: str, reply: str
+) -> None:
+    """The session holds this one exchange, once: question, then reply."""
+    assert stored_messages(service, http, session_id) == [
+        ("user", message),
+        ("assistant", reply),
+    ]
+
+
+def echo_reply(message: str, earlier: int = 0) -> str:
+    """What the echo provider answers to `message` in a session with `earlier` messages."""
+    return (
+        "[echo: offline test model, no LLM provider configured] You said: "
+        f"{message} ({earlier} earlier messages in this session)"
+    )
