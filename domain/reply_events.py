@@ -16,8 +16,8 @@ from domain.errors import InvalidInput
 EventName = Literal["session", "delta", "done", "error"]
 TERMINAL: frozenset[str] = frozenset({"done", "error"})
 
-_REPLY_ID = re.compile(r"[0-9a-f]{16}")
-_EVENT_ID = re.compile(r"([0-9a-f]{16})-(\d{1,9})")
+EVENT_ID_PATTERN = r"[0-9a-f]{16}-[0-9]{1,9}"  # a reply's id, then the event's seq
+_EVENT_ID = re.compile(EVENT_ID_PATTERN)
 
 
 class InvalidEventId(InvalidInput):
@@ -78,13 +78,10 @@ def event_id(reply_id: str, seq: int) -> str:
 
 def parse_event_id(raw: str) -> tuple[str, int]:
     """The reply and the event a client saw last, from its Last-Event-ID."""
-    match = _EVENT_ID.fullmatch(raw.strip())
-    if not match:
+    event = raw.strip()
+    if not _EVENT_ID.fullmatch(event):
         raise InvalidEventId(
             "Last-Event-ID must be the id of an event this service sent, like 0123456789abcdef-12"
         )
-    return match[1], int(match[2])
-
-
-def is_reply_id(text: str) -> bool:
-    return _REPLY_ID.fullmatch(text) is not None
+    reply_id, _, seq = event.partition("-")
+    return reply_id, int(seq)

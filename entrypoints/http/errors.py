@@ -88,9 +88,10 @@ def _failed(request: Request[Any, Any, Any], error: Exception) -> Response[Probl
     status = status_of(error)
     if status < 500:  # the caller's mistake: the use case's message is the detail, as it is
         return problem(status, str(error))
-    log.warning("%s %s: %s (%r)", request.method, request.url.path, error, error.__cause__)
-    if status == 503:
+    if status == 503:  # the store's own error says why, for the operator
+        log.warning("%s %s: %s (%r)", request.method, request.url.path, error, error.__cause__)
         return problem(503, f"{error}; try again shortly", {"Retry-After": "1"})
+    log.warning("%s %s: %s", request.method, request.url.path, error)
     return problem(status, str(error))
 
 

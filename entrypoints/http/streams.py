@@ -6,17 +6,18 @@ a reply is quiet, which Litestar 2's ServerSentEvent cannot do (its ping_interva
 """
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
-from litestar.params import HeaderParameter, JSONBody
+from litestar.params import HeaderParameter, JSONBody, Parameter
 from litestar.response import Stream
 
 from application.reply_run import Streamed
 from domain.reply_events import (
+    EVENT_ID_PATTERN,
     DeltaData,
     DoneData,
     ErrorData,
@@ -68,26 +69,46 @@ def _event_stream(streamed: Streamed) -> Stream:
     return Stream(_frames(streamed), media_type=MEDIA_TYPE, headers=_HEADERS)
 
 
+def _json_of(kind: type[msgspec.Struct]) -> Any:
+    """An event's `data` as the document shows it: a string holding this JSON."""
+    schema = msgspec.json.schema(kind)
+    definitions = schema.pop("$defs", {})
+
+    def inlined(node: Any) -> Any:  # the document has no $defs of its own to point into
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inlined(definitions[node["$ref"].rsplit("/", 1)[1]])
+            return {key: inlined(value) for key, value in node.items()}
+        return [inlined(value) for value in node] if isinstance(node, list) else node
+
+    return Annotated[
+        str,
+        Parameter(
+            schema_extra={"contentMediaType": "application/json", "contentSchema": inlined(schema)}
+        ),
+    ]
+
+
 # The events as the OpenAPI document shows them; on the wire each is the SSE lines
 # `event:`, `id:` and `data:`.
 class SessionEvent(msgspec.Struct, tag_field="event", tag="session"):
     id: str
-    data: SessionData
+    data: _json_of(SessionData)  # type: ignore[valid-type]
 
 
 class DeltaEvent(msgspec.Struct, tag_field="event", tag="delta"):
     id: str
-    data: DeltaData
+    data: _json_of(DeltaData)  # type: ignore[valid-type]
 
 
 class DoneEvent(msgspec.Struct, tag_field="event", tag="done"):
     id: str
-    data: DoneData
+    data: _json_of(DoneData)  # type: ignore[valid-type]
 
 
 class ErrorEvent(msgspec.Struct, tag_field="event", tag="error"):
     id: str
-    data: ErrorData
+    data: _json_of(ErrorData)  # type: ignore[valid-type]
 
 
 StreamEvent = SessionEvent | DeltaEvent | DoneEvent | ErrorEvent
@@ -156,6 +177,10 @@ class StreamController(Controller):
             HeaderParameter(
                 name="Last-Event-ID",
                 required=False,
+                # Stated here, enforced by the domain, whose error says it in words. A
+                # string when sent (Litestar would also document "null", which a header
+                # cannot be).
+                schema_extra={"oneOf": None, "type": "string", "pattern": f"^{EVENT_ID_PATTERN}$"},
                 description=(
                     "The id of the last event received: the stream resumes after it. "
                     "Without it, the latest reply is sent from its first event."

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.provider_stub import ProviderStub, json_reply, openai_body, running_stub
+from tests.support.provider_stub import ProviderStub, openai_answering, running_stub
 from tests.support.redis_server import RedisServer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -361,7 +361,7 @@ DEFAULT_ANSWER = "stub default answer"
 def module_stub() -> Iterator[ProviderStub]:
     """A provider stand-in on loopback, in a thread of its own, answering DEFAULT_ANSWER
     unless a test plans other replies."""
-    with running_stub(json_reply(openai_body(DEFAULT_ANSWER))) as stub:
+    with running_stub(openai_answering(DEFAULT_ANSWER)) as stub:
         yield stub
 
 

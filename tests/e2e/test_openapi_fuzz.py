@@ -170,4 +170,14 @@ def test_every_request_the_document_calls_valid_is_accepted(
     case: schemathesis.Case, http: requests.Session, tally: Tally
 ) -> None:
     tally.count_case(case)
+    if _has_invalid_part(case):
+        return
     case.call_and_validate(session=http, checks=_checks(DOCUMENTATION_CHECKS))
+
+
+def _has_invalid_part(case: schemathesis.Case) -> bool:
+    """schemathesis 4.32's coverage phase labels some cases positive whose header it made
+    schema-violating on purpose (Last-Event-ID: 0 against its pattern); those say nothing
+    about what the document calls valid."""
+    components = case.meta.components if case.meta is not None else {}
+    return any(info.mode.name == "NEGATIVE" for info in components.values())

@@ -734,3 +734,17 @@ async def provider_client() -> AsyncIterator[httpx.AsyncBaseTransport]:
         yield transport
     finally:
         await transport.aclose()
+
+
+def openai_answering(text: str) -> Responder:
+    """An OpenAI-compatible server that answers `text` whichever way it is asked: a whole
+    completion, or (for `"stream": true`) a stream of its words."""
+    whole = json_reply(openai_body(text))
+    words = [word + " " for word in text.split(" ")]
+    words[-1] = words[-1][:-1]
+    stream = streamed([openai_stream(*words)])
+
+    def respond(request: RecordedRequest) -> Reply:
+        return stream if request.json.get("stream") else whole
+
+    return respond
