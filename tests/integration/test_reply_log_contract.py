@@ -83,10 +83,13 @@ async def test_events_published_in_batches_read_back_from_any_point(store: LogSt
     assert (first.upto, second.upto) == (2, 5)
     assert await log.latest(KEY) == "r1"
     whole = await log.read(KEY, "r1", -1, 0)
-    assert whole is not None and whole.events == sent and whole.running is False
+    assert whole is not None
+    assert whole.events == sent
+    assert whole.running is False
     for after in range(-1, 6):
         part = await log.read(KEY, "r1", after, 0)
-        assert part is not None and part.events == sent[after + 1 :]
+        assert part is not None
+        assert part.events == sent[after + 1 :]
 
 
 async def test_a_reader_waits_for_the_next_batch(store: LogStore) -> None:
@@ -102,7 +105,9 @@ async def test_a_reader_waits_for_the_next_batch(store: LogStore) -> None:
     read = await log.read(KEY, "r1", 1, wait_seconds=2)
     await publisher
 
-    assert read is not None and read.events == sent[2:] and read.running
+    assert read is not None
+    assert read.events == sent[2:]
+    assert read.running
 
 
 async def test_a_lease_not_renewed_shows_the_producer_gone(store: LogStore) -> None:
@@ -113,8 +118,11 @@ async def test_a_lease_not_renewed_shows_the_producer_gone(store: LogStore) -> N
     await asyncio.sleep(LEASE + 0.1)
     gone = await log.read(KEY, "r1", 1, wait_seconds=0.2)
 
-    assert running is not None and running.running
-    assert gone is not None and gone.events == [] and not gone.running
+    assert running is not None
+    assert running.running
+    assert gone is not None
+    assert gone.events == []
+    assert not gone.running
 
 
 async def test_a_stop_request_reaches_the_producer_of_the_latest_reply(store: LogStore) -> None:
@@ -160,5 +168,6 @@ async def test_a_reply_the_store_lost_is_published_whole_again(store: LogStore) 
 
     read = await log.read(KEY, "r1", -1, 0)
     assert again.upto == 3
-    assert read is not None and read.events == sent
+    assert read is not None
+    assert read.events == sent
     assert await log.latest(KEY) == "r1"
