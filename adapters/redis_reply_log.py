@@ -85,6 +85,7 @@ class RedisReplyLog:
     async def publish(
         self, key: SessionKey, reply_id: str, events: Sequence[ReplyEvent], published: int
     ) -> Published:
+        events = list(events)  # the producer may append while this call waits on Redis
         keys = [*self._keys(key, reply_id), self._latest_key(key)]
         ended = bool(events) and events[-1].terminal
         async with StoreCall(_UNAVAILABLE):

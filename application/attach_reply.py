@@ -22,8 +22,9 @@ class AttachReply:
     """Follow a session's streamed reply from any worker: what was sent, then what comes.
 
     Rules:
-    - With a Last-Event-ID, the events after it, if that reply is still kept; otherwise (or
-      without one) the session's latest reply from its first event.
+    - With a Last-Event-ID, the events after it, if that reply is still kept (nothing at
+      all if it was the reply's last); otherwise (or without one) the session's latest reply
+      from its first event.
     - A session with no reply running or kept (for this caller) is not found.
     - It ends with the reply's own done or error. A reply whose producer stopped renewing
       its lease without ending it ends with an error, within a lease and a wait.
@@ -40,17 +41,27 @@ class AttachReply:
         last_event_id: str | None = None,
         *,
         idle_seconds: float,
-    ) -> Streamed:
-        """Return once the reply is found (SessionNotFound if not); then follow its events."""
+    ) -> Streamed | None:
+        """Return once the reply is found (SessionNotFound if not); then follow its events.
+        None when Last-Event-ID names the reply's last event: the client has it all."""
         key = SessionKey(namespace, parse_session_id(session_id))
-        reply_id, after = parse_event_id(last_event_id) if last_event_id else (None, -1)
-        found = None if reply_id is None else await self._log.read(key, reply_id, after, 0)
-        if found is None:
+        found = None
+        after = -1
+        if last_event_id:
+            reply_id, after = parse_event_id(last_event_id)
+            # From the event the client names, to see whether that one was the last.
+            found = await self._log.read(key, reply_id, after - 1, 0)
+        if found is not None:
+            if found.events and found.events[0].seq == after and found.events[0].terminal:
+                return None
+            found = ReplyRead([e for e in found.events if e.seq > after], found.running)
+        else:
             after = -1
-            reply_id = await self._log.latest(key)
-            if reply_id is not None:
+            latest = await self._log.latest(key)
+            if latest is not None:
+                reply_id = latest
                 found = await self._log.read(key, reply_id, after, 0)
-        if reply_id is None or found is None:
+        if found is None:
             raise SessionNotFound(
                 f"session {key.session_id!r} has no reply running or recently ended"
             )

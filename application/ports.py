@@ -100,7 +100,8 @@ class ReplyLog(Protocol):
     async def publish(
         self, key: SessionKey, reply_id: str, events: Sequence[ReplyEvent], published: int
     ) -> Published:
-        """Store `events[published + 1:]` (events holds the whole reply so far, seq = index),
+        """Store `events[published + 1:]` (events holds the whole reply so far, seq = index;
+        what it holds when called is what is stored, whatever is appended meanwhile),
         make this the session's latest reply, and renew its producer's lease, which ends
         with a terminal event. Should the store have lost what was published (a restart),
         everything is stored again."""

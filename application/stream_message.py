@@ -284,11 +284,13 @@ class StreamMessage:
         published = -1
         renewed = time.monotonic()
         gave_up_at: float | None = None
+        first = True  # the first batch goes at once: a client may re-attach from now on
         while True:
-            if not run.ended.is_set():  # let a batch gather (its first one too)
+            if not first and not run.ended.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(FLUSH_SECONDS):
                         await run.ended.wait()
+            first = False
             ended = run.ended.is_set()
             now = time.monotonic()
             if len(run.events) - 1 > published or now - renewed >= HEARTBEAT_SECONDS:

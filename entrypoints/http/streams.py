@@ -13,7 +13,7 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, Parameter
-from litestar.response import Stream
+from litestar.response import Response, Stream
 
 from application.reply_run import Streamed
 from domain.reply_events import (
@@ -164,6 +164,7 @@ class StreamController(Controller):
         responses={
             **COMMON_ERRORS,
             404: error_spec("The session has no reply running or recently ended"),
+            204: ResponseSpec(None, description="Last-Event-ID names the reply's last event"),
             **_stream_spec(),
         },
         summary="Re-attach to the session's latest streamed reply",
@@ -187,10 +188,12 @@ class StreamController(Controller):
                 ),
             ),
         ] = None,
-    ) -> Stream:
+    ) -> Stream | Response[None]:
         streamed = await caller.services.attach_reply.execute(
             caller.namespace, session_id, last_event_id, idle_seconds=KEEP_ALIVE_SECONDS
         )
+        if streamed is None:  # 204 also tells a browser's EventSource to stop reconnecting
+            return Response(None, status_code=204)
         return _event_stream(streamed)
 
     @post(

@@ -249,12 +249,6 @@ def test_a_re_attach_with_an_earlier_replys_id_resumes_that_reply_not_the_latest
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="AttachReply: a Last-Event-ID naming the reply's done finds no event after it and "
-    "no lease, so it sends error 503 'the worker writing this reply stopped before it ended; "
-    "nothing of it was stored' for a reply that ended and was stored",
-)
 def test_re_attaching_with_the_id_of_done_reports_no_error(
     service: Service, http: httpx.Client, sid: str
 ) -> None:
@@ -482,13 +476,6 @@ async def test_an_idempotency_key_repeat_follows_or_replays_without_a_new_provid
 # --- many streams at once --------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RedisReplyLog.publish reports len(events) - 1 as published, counted after its "
-    "awaits: a terminal event appended during a reply's last publish is never written, and "
-    "every re-attach to that reply ends with error 503 though the exchange is stored "
-    "(see test_streaming_faults.py::test_a_reply_followed_through_the_log_ends_with_its_done)",
-)
 @pytest.mark.timeout(120)
 async def test_many_concurrent_streams_with_random_drops_and_re_attaches_store_each_reply_once(
     service: Service, sid: str

@@ -132,12 +132,6 @@ def test_a_reply_started_on_one_replica_is_re_attached_on_another(
         assert_stored_once(second, on_second, sid, message, reply)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a reply's first batch reaches Redis one flush (0.1 s) after its first events reach "
-    "the client (commit eb8b834): until then a re-attach with an id the service sent is a 404 "
-    "'has no reply running or recently ended', though the reply runs",
-)
 def test_a_re_attach_right_after_the_first_event_finds_the_running_reply(
     replicas: tuple[Service, Service], sid: str
 ) -> None:
@@ -315,12 +309,6 @@ def slow_store_service(launch: ServiceLauncher, module_redis: RedisServer) -> It
         yield service
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RedisReplyLog.publish reports len(events) - 1 as published, counted after its "
-    "awaits: a terminal event appended during the last publish is never written, so every "
-    "re-attach ends with error 503 'nothing of it was stored' though the exchange is stored",
-)
 async def test_a_reply_followed_through_the_log_ends_with_its_done(
     slow_store_service: Service, sid: str
 ) -> None:

@@ -78,6 +78,10 @@ async def test_re_attaching_over_http_resumes_after_the_last_event_id(client: Cl
 
     assert rest.status_code == 200
     assert parse(rest.text) == frames[3:]
+    done = await client.get(
+        f"/chat/{session_id}/stream", headers={"Last-Event-ID": frames[-1]["id"]}
+    )
+    assert done.status_code == 204
 
 
 @pytest.mark.parametrize(

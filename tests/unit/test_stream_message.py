@@ -69,8 +69,9 @@ def world(
     return World(history, log, model, streams, attach)
 
 
-async def collect(streamed: Streamed, limit: int | None = None) -> list[Event]:
+async def collect(streamed: Streamed | None, limit: int | None = None) -> list[Event]:
     """The events a client reads (keep-alives skipped), up to `limit` of them."""
+    assert streamed is not None
     events: list[Event] = []
     async for event in streamed.events:
         if event is not None:
@@ -242,6 +243,33 @@ async def test_re_attaching_without_an_id_sends_the_latest_reply_whole() -> None
     again = await collect(await w.attach.execute(NS, " s ", idle_seconds=5))
 
     assert again == first
+
+
+async def test_re_attaching_with_the_id_of_the_last_event_has_nothing_to_send() -> None:
+    w = world()
+    streamed = await start(w)
+    events = await collect(streamed)
+    await w.streams.drain(5)
+
+    last = f"{streamed.reply_id}-{len(events) - 1}"
+    before_last = f"{streamed.reply_id}-{len(events) - 2}"
+
+    assert await w.attach.execute(NS, "s", last, idle_seconds=5) is None
+    assert await collect(await w.attach.execute(NS, "s", before_last, idle_seconds=5)) == [
+        events[-1]
+    ]
+
+
+async def test_a_re_attach_right_after_the_first_text_finds_the_running_reply() -> None:
+    w = world()
+    w.model.hold_at = 2
+    streamed = await start(w)
+    await asyncio.sleep(0.01)  # less than a flush interval
+
+    following = await w.attach.execute(NS, "s", f"{streamed.reply_id}-1", idle_seconds=5)
+    w.model.release.set()
+
+    assert [name for name, _ in await collect(following)] == ["delta", "delta", "done"]
 
 
 async def test_re_attaching_to_nothing_is_not_found_and_a_bad_id_is_refused() -> None:
