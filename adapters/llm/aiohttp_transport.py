@@ -8,10 +8,20 @@ http_call sees the same faults either way.
 """
 
 import asyncio
+import urllib.request
 from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
+
+Origin = tuple[str, str, int | None]
+
+
+def environment_proxy(url: httpx.URL) -> str | None:
+    """The proxy HTTP_PROXY / HTTPS_PROXY name for `url`, unless NO_PROXY exempts its host."""
+    if urllib.request.proxy_bypass(url.host):  # NO_PROXY (the system's rules on macOS)
+        return None
+    return urllib.request.getproxies_environment().get(url.scheme)
 
 
 def _as_httpx(error: Exception) -> httpx.TransportError:
@@ -46,12 +56,23 @@ class _Body(httpx.AsyncByteStream):
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp session, opened on first use (inside the running loop, as aiohttp needs)
-    and closed by aclose()."""
+    and closed by aclose().
+
+    The proxy the environment names (HTTP(S)_PROXY, NO_PROXY, as httpx's own client
+    honoured them) is looked up once per origin, not by aiohttp's trust_env, which reads
+    the environment and ~/.netrc in a thread on every request."""
 
     def __init__(self, *, max_connections: int, keepalive_seconds: float = 30.0) -> None:
         self._max_connections = max_connections
         self._keepalive_seconds = keepalive_seconds
         self._session: aiohttp.ClientSession | None = None
+        self._proxies: dict[Origin, str | None] = {}
+
+    def _proxy(self, url: httpx.URL) -> str | None:
+        origin = (url.scheme, url.host, url.port)
+        if origin not in self._proxies:
+            self._proxies[origin] = environment_proxy(url)
+        return self._proxies[origin]
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -60,7 +81,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,  # httpx decodes Content-Encoding itself
-            trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as httpx's own client honoured them
         )
         return self._session
 
@@ -74,6 +94,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=request.headers.multi_items(),
                 data=request.content or None,
                 allow_redirects=False,
+                proxy=self._proxy(request.url),
                 timeout=aiohttp.ClientTimeout(
                     total=None, sock_connect=timeouts.get("connect"), sock_read=None
                 ),
