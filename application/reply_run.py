@@ -1,6 +1,7 @@
 """A streamed reply being produced in this process: its events so far, for whoever follows it."""
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import NamedTuple
 
@@ -35,21 +36,30 @@ class ReplyRun:
         self.ended = asyncio.Event()
         self.task: asyncio.Task[None] | None = None  # the producer, once committed
         self.cancelled_with: tuple[int, str] | None = None  # the error event if cancelled
+        self.emitted_at = time.monotonic()
         self._grew = asyncio.Event()
 
     def emit(self, data: EventData) -> ReplyEvent:
         event = reply_event(len(self.events), data)
         self.events.append(event)
-        self._grew.set()
-        self._grew = asyncio.Event()
+        self.emitted_at = time.monotonic()
+        self.wake()
         if event.terminal:
             self.ended.set()
         return event
 
+    def wake(self) -> None:
+        """Wake the followers: a new event, or (from the producer's heartbeat) a quiet
+        stretch in which one may owe its client a keep-alive."""
+        self._grew.set()
+        self._grew = asyncio.Event()
+
     async def follow(self, idle_seconds: float) -> AsyncIterator[ReplyEvent | None]:
-        """Every event, as it comes, up to the terminal one; None after each idle_seconds
-        without one (a client's connection may want a keep-alive)."""
+        """Every event, as it comes, up to the terminal one; None once idle_seconds pass
+        without one (a client's connection may want a keep-alive), as the heartbeat notices.
+        No timer per wait: a follower costs nothing between events."""
         index = 0
+        kept_alive_at = 0.0
         while True:
             while index < len(self.events):
                 event = self.events[index]
@@ -57,8 +67,10 @@ class ReplyRun:
                 yield event
                 if event.terminal:
                     return
-            try:
-                async with asyncio.timeout(idle_seconds):
-                    await self._grew.wait()
-            except TimeoutError:
+            await self._grew.wait()
+            now = time.monotonic()
+            if index == len(self.events) and now - max(self.emitted_at, kept_alive_at) >= (
+                idle_seconds
+            ):
+                kept_alive_at = now
                 yield None

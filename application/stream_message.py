@@ -294,6 +294,8 @@ class StreamMessage:
             ended = run.ended.is_set()
             now = time.monotonic()
             if len(run.events) - 1 > published or now - renewed >= HEARTBEAT_SECONDS:
+                if now - run.emitted_at >= HEARTBEAT_SECONDS:
+                    run.wake()  # a quiet stretch: followers may owe a keep-alive
                 try:
                     outcome = await self._log.publish(run.key, run.reply_id, run.events, published)
                 except HistoryUnavailable as error:

@@ -155,13 +155,13 @@ async def test_re_attach_and_stop_say_when_there_is_nothing(client: Client) -> N
 
 
 class PausingModel(StreamingModel):
-    """Pauses 0.3 s after its first text (the app runs on the test client's own loop, so a
-    test cannot hold it with an asyncio.Event)."""
+    """Pauses 1.2 s (over two heartbeats) after its first text (the app runs on the test
+    client's own loop, so a test cannot hold it with an asyncio.Event)."""
 
     async def stream(self, conversation: Any) -> AsyncIterator[str | Usage]:
         async for index, chunk in _numbered(super().stream(conversation)):
             if index == 1:
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(1.2)
             yield chunk
 
 
