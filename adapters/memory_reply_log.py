@@ -5,7 +5,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from application.ports import Published, ReplyRead
+from application.ports import Publication, Published, ReplyRead
 from domain.reply_events import ReplyEvent
 from domain.session import SessionKey
 
@@ -40,7 +40,10 @@ class MemoryReplyLog:
             return None
         return reply
 
-    async def publish(
+    async def publish(self, batch: Sequence[Publication]) -> list[Published]:
+        return [self._publish(*publication) for publication in batch]
+
+    def _publish(
         self, key: SessionKey, reply_id: str, events: Sequence[ReplyEvent], published: int
     ) -> Published:
         reply = self._kept(key, reply_id)

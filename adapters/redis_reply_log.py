@@ -1,9 +1,10 @@
 """Streamed replies' events in Redis, one stream per reply, so any worker can follow one.
 
-Each publish is one script call: it appends the new events as one stream entry (batched by
-the producer, never one per token), renews the producer's lease and answers whether a stop
-was requested. An entry's id is `<seq of its last event>-1`, so a follower resumes after
-event n with XRANGE/XREAD from `n-1`. Keys are tagged with the session's history key.
+Each reply's publish is one script call: it appends the new events as one stream entry
+(batched by the producer, never one per token), renews the producer's lease and answers
+whether a stop was requested; the replies of a batch share one pipeline. An entry's id is
+`<seq of its last event>-1`, so a follower resumes after event n with XRANGE/XREAD from
+`n-1`. Keys are tagged with the session's history key.
 """
 
 from collections.abc import Sequence
@@ -11,10 +12,11 @@ from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from adapters.redis_client import StoreCall
 from adapters.redis_history import history_key
-from application.ports import Published, ReplyRead
+from application.ports import Publication, Published, ReplyRead
 from domain.reply_events import ReplyEvent
 from domain.session import SessionKey
 
@@ -69,7 +71,7 @@ class RedisReplyLog:
         self._prefix = key_prefix
         self._keep = keep_seconds
         self._lease_ms = max(1, round(lease_seconds * 1000))
-        self._publish = client.register_script(_PUBLISH)
+        self._publish_sha = client.register_script(_PUBLISH).sha
         self._request_stop = client.register_script(_REQUEST_STOP)
 
     def _tag(self, key: SessionKey) -> str:
@@ -82,33 +84,52 @@ class RedisReplyLog:
     def _latest_key(self, key: SessionKey) -> str:
         return f"{self._tag(key)}:latest-reply"
 
-    async def publish(
-        self, key: SessionKey, reply_id: str, events: Sequence[ReplyEvent], published: int
-    ) -> Published:
-        events = list(events)  # the producer may append while this call waits on Redis
-        keys = [*self._keys(key, reply_id), self._latest_key(key)]
-        ended = bool(events) and events[-1].terminal
+    async def publish(self, batch: Sequence[Publication]) -> list[Published]:
+        """One pipeline for the whole batch; a second for the replies the store had lost."""
+        # What each holds now is what is stored: the producers may append meanwhile.
+        replies = [(p.key, p.reply_id, list(p.events), p.published) for p in batch]
+        calls = [
+            ([*self._keys(key, reply_id), self._latest_key(key)],
+             self._args(reply_id, events, published, replace=False))
+            for key, reply_id, events, published in replies
+        ]  # fmt: skip
         async with StoreCall(_UNAVAILABLE):
-            stop = await self._publish(
-                keys=keys, args=self._args(reply_id, events, published, ended, replace=False)
-            )
-            if stop == b"lost":
-                stop = await self._publish(
-                    keys=keys, args=self._args(reply_id, events, -1, ended, replace=True)
-                )
-        return Published(len(events) - 1, bool(stop))
+            answers = await self._published(calls)
+            lost = [i for i, answer in enumerate(answers) if answer == b"lost"]
+            if lost:
+                again = [
+                    (calls[i][0], self._args(replies[i][1], replies[i][2], -1, replace=True))
+                    for i in lost
+                ]
+                for i, answer in zip(lost, await self._published(again), strict=True):
+                    answers[i] = answer
+        return [
+            Published(len(events) - 1, bool(answer))
+            for (_, _, events, _), answer in zip(replies, answers, strict=True)
+        ]
+
+    async def _published(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[Any]:
+        """EVALSHA each call in one pipeline, loading the script once if Redis lacks it.
+        Not redis-py's Script in a pipeline: that asks SCRIPT EXISTS before every batch."""
+        for _ in range(2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(self._publish_sha, len(keys), *keys, *args)
+                answers: list[Any] = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(answer, NoScriptError) for answer in answers):
+                break
+            await self._client.script_load(_PUBLISH)
+        for answer in answers:
+            if isinstance(answer, Exception):
+                raise answer
+        return answers
 
     def _args(
-        self,
-        reply_id: str,
-        events: Sequence[ReplyEvent],
-        published: int,
-        ended: bool,
-        *,
-        replace: bool,
+        self, reply_id: str, events: list[ReplyEvent], published: int, *, replace: bool
     ) -> list[str | int | bytes]:
-        new = list(events[published + 1 :])
+        new = events[published + 1 :]
         entry_id, entry = (f"{new[-1].seq}-1", _encode(new)) if new else ("", b"")
+        ended = bool(events) and events[-1].terminal
         return [
             reply_id, published, self._lease_ms, self._keep, int(ended), entry_id, entry,
             int(replace),

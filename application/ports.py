@@ -81,6 +81,17 @@ class LanguageModel(Protocol):
         ...
 
 
+class Publication(NamedTuple):
+    """A reply's events, to store from seq `published + 1` on: `events` holds the whole
+    reply so far (seq = index), and what it holds when the call is made is what is stored,
+    whatever is appended meanwhile."""
+
+    key: SessionKey
+    reply_id: str
+    events: Sequence[ReplyEvent]
+    published: int
+
+
 class Published(NamedTuple):
     upto: int  # the seq of the last event now stored
     stop_requested: bool
@@ -94,16 +105,13 @@ class ReplyRead(NamedTuple):
 @runtime_checkable
 class ReplyLog(Protocol):
     """The events of the replies being streamed, kept while they run and `keep_seconds`
-    after, readable from every worker. A session's latest reply is the one last published.
+    after, readable from every worker. A session's latest reply is the one last started.
     Failures raise HistoryUnavailable."""
 
-    async def publish(
-        self, key: SessionKey, reply_id: str, events: Sequence[ReplyEvent], published: int
-    ) -> Published:
-        """Store `events[published + 1:]` (events holds the whole reply so far, seq = index;
-        what it holds when called is what is stored, whatever is appended meanwhile),
-        make this the session's latest reply, and renew its producer's lease, which ends
-        with a terminal event. Should the store have lost what was published (a restart),
+    async def publish(self, batch: Sequence[Publication]) -> list[Published]:
+        """For each reply of the batch, in one call: store its new events, make it the
+        session's latest reply if it is new, and renew its producer's lease (which ends with
+        a terminal event). Should the store have lost what was published (a restart),
         everything is stored again."""
         ...
 

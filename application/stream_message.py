@@ -1,7 +1,6 @@
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Literal, TypeVar
 
@@ -10,6 +9,7 @@ import msgspec
 from application.attach_reply import AttachReply
 from application.errors import HistoryUnavailable, ModelUnavailable
 from application.ports import ChatHistory, Clock, LanguageModel, ReplyLog
+from application.reply_publisher import FINAL_PUBLISH_SECONDS, ReplyPublisher
 from application.reply_run import ReplyRun, Streamed, nothing_to_do
 from application.request_leases import RequestLeases
 from application.send_message import utc_now
@@ -33,15 +33,6 @@ log = logging.getLogger(__name__)
 
 OnDisconnect = Literal["continue", "cancel"]
 
-# A reply's events reach the log in batches, one write per FLUSH_SECONDS at most; while
-# nothing new comes, a heartbeat renews the producer's lease (and asks whether to stop)
-# every HEARTBEAT_SECONDS. A lease not renewed for LEASE_SECONDS means the producer died.
-FLUSH_SECONDS = 0.1
-HEARTBEAT_SECONDS = 0.5
-LEASE_SECONDS = 3.0
-# How long a finished reply keeps trying to publish its last events to a failing store.
-FINAL_PUBLISH_SECONDS = 10.0
-
 CLIENT_GONE = "the client disconnected and [llm] stream_on_disconnect is cancel; nothing was stored"
 SHUT_DOWN = "the service stopped before the reply was complete; nothing was stored"
 
@@ -58,8 +49,9 @@ class StreamMessage:
       `error`, after which nothing of it is stored.
     - A stop request ends it early: the text written so far is stored as the reply, and
       `done` says it stopped; its usage is then an estimate.
-    - Its events are published to the reply log in batches, so that any worker can serve
-      a client that re-attaches, and a producer that dies is noticed by its lease.
+    - Its events are published to the reply log in batches (ReplyPublisher), so that any
+      worker can serve a client that re-attaches, and a producer that dies is noticed by
+      its lease.
     """
 
     def __init__(
@@ -78,7 +70,7 @@ class StreamMessage:
     ) -> None:
         self._history = history
         self._model = model
-        self._log = log
+        self._publisher = ReplyPublisher(log)
         self._max_message_chars = max_message_chars
         self._status = failure_status
         self._system_prompt = system_prompt
@@ -191,11 +183,12 @@ class StreamMessage:
             run.emit(SessionData(run.key.session_id))
             run.emit(DeltaData(first))
             run.committed.set_result(None)
-            publisher = asyncio.create_task(self._publish(run))
+            published = asyncio.create_task(self._publisher.publish(run))
             try:
                 await self._finish(run, question, conversation, deltas, [first], pending)
             finally:
-                await _settled(publisher)
+                self._publisher.hurry()  # its last events
+                await _settled(published)
         finally:
             if lease is not None:
                 lease.cancel()
@@ -277,41 +270,6 @@ class StreamMessage:
             return None, True
         relaying.result()  # raises what the model raised
         return usage, False
-
-    async def _publish(self, run: ReplyRun) -> None:
-        """Write the run's new events to the log, FLUSH_SECONDS apart at most, and the
-        heartbeat in between; after the terminal event, keep trying for a while."""
-        published = -1
-        renewed = time.monotonic()
-        gave_up_at: float | None = None
-        first = True  # the first batch goes at once: a client may re-attach from now on
-        while True:
-            if not first and not run.ended.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(FLUSH_SECONDS):
-                        await run.ended.wait()
-            first = False
-            ended = run.ended.is_set()
-            now = time.monotonic()
-            if len(run.events) - 1 > published or now - renewed >= HEARTBEAT_SECONDS:
-                if now - run.emitted_at >= HEARTBEAT_SECONDS:
-                    run.wake()  # a quiet stretch: followers may owe a keep-alive
-                try:
-                    outcome = await self._log.publish(run.key, run.reply_id, run.events, published)
-                except HistoryUnavailable as error:
-                    log.warning("reply %s: events not published yet: %s", run.reply_id, error)
-                else:
-                    published, renewed = outcome.upto, now
-                    if outcome.stop_requested:
-                        run.stop.set()
-            if ended and published == len(run.events) - 1:
-                return
-            if ended:
-                gave_up_at = gave_up_at or now + FINAL_PUBLISH_SECONDS
-                if now > gave_up_at:
-                    log.warning("reply %s: its last events were never published", run.reply_id)
-                    return
-                await asyncio.sleep(FLUSH_SECONDS)
 
 
 async def _replayed(reply: Reply) -> AsyncIterator[ReplyEvent | None]:

@@ -29,11 +29,12 @@ from application.attach_reply import AttachReply
 from application.delete_history import DeleteHistory
 from application.ports import ChatHistory, JobLock, RateLimiter
 from application.purge_histories import PurgeHistories
+from application.reply_publisher import LEASE_SECONDS
 from application.request_leases import RequestLeases
 from application.send_message import SendMessage
 from application.show_history import ShowHistory
 from application.stop_reply import StopReply
-from application.stream_message import LEASE_SECONDS, StreamMessage
+from application.stream_message import StreamMessage
 from entrypoints.config import MEMORY_URL, LlmSettings, RedisSettings, Settings, redis_location
 from entrypoints.http.errors import status_of
 

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from adapters.memory_reply_log import MemoryReplyLog
 from adapters.redis_reply_log import RedisReplyLog
-from application.ports import ReplyLog
+from application.ports import Publication, Published, ReplyLog
 from domain.answer import Usage
 from domain.reply_events import (
     DeltaData,
@@ -31,6 +31,13 @@ def events(*texts: str, done: bool = False) -> list[ReplyEvent]:
     if done:
         data.append(DoneData(KEY.session_id, "".join(texts), Usage(1, 1, "estimate")))
     return [reply_event(seq, d) for seq, d in enumerate(data)]
+
+
+async def publish(
+    log: ReplyLog, key: SessionKey, reply_id: str, sent: list[ReplyEvent], published: int
+) -> Published:
+    [outcome] = await log.publish([Publication(key, reply_id, sent, published)])
+    return outcome
 
 
 @dataclass
@@ -77,8 +84,8 @@ async def test_events_published_in_batches_read_back_from_any_point(store: LogSt
     log = store.make()
     sent = events("Once", " upon", " a", " time", done=True)
 
-    first = await log.publish(KEY, "r1", sent[:3], -1)
-    second = await log.publish(KEY, "r1", sent, first.upto)
+    first = await publish(log, KEY, "r1", sent[:3], -1)
+    second = await publish(log, KEY, "r1", sent, first.upto)
 
     assert (first.upto, second.upto) == (2, 5)
     assert await log.latest(KEY) == "r1"
@@ -95,11 +102,11 @@ async def test_events_published_in_batches_read_back_from_any_point(store: LogSt
 async def test_a_reader_waits_for_the_next_batch(store: LogStore) -> None:
     log = store.make()
     sent = events("a", "b")
-    await log.publish(KEY, "r1", sent[:2], -1)
+    await publish(log, KEY, "r1", sent[:2], -1)
 
     async def later() -> None:
         await asyncio.sleep(0.1)
-        await log.publish(KEY, "r1", sent, 1)
+        await publish(log, KEY, "r1", sent, 1)
 
     publisher = asyncio.create_task(later())
     read = await log.read(KEY, "r1", 1, wait_seconds=2)
@@ -112,7 +119,7 @@ async def test_a_reader_waits_for_the_next_batch(store: LogStore) -> None:
 
 async def test_a_lease_not_renewed_shows_the_producer_gone(store: LogStore) -> None:
     log = store.make()
-    await log.publish(KEY, "r1", events("a"), -1)
+    await publish(log, KEY, "r1", events("a"), -1)
 
     running = await log.read(KEY, "r1", 1, 0)
     await asyncio.sleep(LEASE + 0.1)
@@ -127,31 +134,31 @@ async def test_a_lease_not_renewed_shows_the_producer_gone(store: LogStore) -> N
 
 async def test_a_stop_request_reaches_the_producer_of_the_latest_reply(store: LogStore) -> None:
     log = store.make()
-    first = await log.publish(KEY, "r1", events("a"), -1)
+    first = await publish(log, KEY, "r1", events("a"), -1)
 
     assert await log.request_stop(KEY) is True
-    assert (await log.publish(KEY, "r1", events("a"), first.upto)).stop_requested
+    assert (await publish(log, KEY, "r1", events("a"), first.upto)).stop_requested
 
 
 async def test_an_ended_reply_cannot_be_stopped(store: LogStore) -> None:
     log = store.make()
-    await log.publish(KEY, "r1", events("a", done=True), -1)
+    await publish(log, KEY, "r1", events("a", done=True), -1)
 
     assert await log.request_stop(KEY) is False
 
 
 async def test_the_latest_reply_is_the_last_started(store: LogStore) -> None:
     log = store.make()
-    first = await log.publish(KEY, "r1", events("a"), -1)
-    await log.publish(KEY, "r2", events("b"), -1)
-    await log.publish(KEY, "r1", events("a", "c"), first.upto)
+    first = await publish(log, KEY, "r1", events("a"), -1)
+    await publish(log, KEY, "r2", events("b"), -1)
+    await publish(log, KEY, "r1", events("a", "c"), first.upto)
 
     assert await log.latest(KEY) == "r2"
 
 
 async def test_sessions_and_namespaces_are_apart(store: LogStore) -> None:
     log = store.make()
-    await log.publish(KEY, "r1", events("a"), -1)
+    await publish(log, KEY, "r1", events("a"), -1)
 
     assert await log.latest(SessionKey("other", KEY.session_id)) is None
     assert await log.latest(SessionKey(KEY.namespace, "s-2")) is None
@@ -161,13 +168,32 @@ async def test_sessions_and_namespaces_are_apart(store: LogStore) -> None:
 async def test_a_reply_the_store_lost_is_published_whole_again(store: LogStore) -> None:
     log = store.make()
     sent = events("a", "b", "c")
-    first = await log.publish(KEY, "r1", sent[:2], -1)
+    first = await publish(log, KEY, "r1", sent[:2], -1)
 
     await store.forget_all()
-    again = await log.publish(KEY, "r1", sent, first.upto)
+    again = await publish(log, KEY, "r1", sent, first.upto)
 
     read = await log.read(KEY, "r1", -1, 0)
     assert again.upto == 3
     assert read is not None
     assert read.events == sent
     assert await log.latest(KEY) == "r1"
+
+
+async def test_a_batch_publishes_every_reply_in_it(store: LogStore) -> None:
+    log = store.make()
+    keys = [SessionKey("public", f"s-{n}") for n in range(5)]
+    first = await log.publish(
+        [Publication(k, f"r{n}", events("a"), -1) for n, k in enumerate(keys)]
+    )
+    second = await log.publish(
+        [Publication(k, f"r{n}", events("a", done=True), 1) for n, k in enumerate(keys)]
+    )
+
+    assert [p.upto for p in first] == [1] * 5
+    assert [p.upto for p in second] == [2] * 5
+    for n, key in enumerate(keys):
+        assert await log.latest(key) == f"r{n}"
+        read = await log.read(key, f"r{n}", -1, 0)
+        assert read is not None
+        assert [e.name for e in read.events] == ["session", "delta", "done"]

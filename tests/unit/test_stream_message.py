@@ -18,6 +18,7 @@ from application.errors import (
     ModelUnavailable,
     SessionNotFound,
 )
+from application.ports import Publication
 from application.reply_run import Streamed
 from application.request_leases import RequestLeases
 from application.stop_reply import StopReply
@@ -285,7 +286,7 @@ async def test_a_reply_whose_producer_died_ends_with_an_error() -> None:
     w = world()
     key = SessionKey(NS, "s")
     events = [reply_event(0, SessionData("s")), reply_event(1, DeltaData("Once"))]
-    await w.log.publish(key, "0123456789abcdef", events, -1)  # and then nothing, ever
+    await w.log.publish([Publication(key, "0123456789abcdef", events, -1)])  # then nothing
 
     followed = await asyncio.wait_for(
         collect(await w.attach.execute(NS, "s", idle_seconds=5)), timeout=3
