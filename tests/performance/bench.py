@@ -43,7 +43,7 @@ import adapters.redis_coordination
 import adapters.redis_history
 import adapters.redis_reply_log
 from adapters.redis_history import RedisHistory
-from application.stream_message import FLUSH_SECONDS
+from application.reply_publisher import FLUSH_SECONDS
 from tests.performance import report
 from tests.performance.loadgen import (
     BUILTIN,
