@@ -80,32 +80,31 @@ class AttachReply:
 
     async def _follow(
         self, key: SessionKey, reply_id: str, after: int, read: ReplyRead, idle_seconds: float
-    ) -> AsyncIterator[ReplyEvent | None]:
+    ) -> AsyncIterator[list[ReplyEvent]]:
         checked_death = False
         quiet_since = time.monotonic()
         while True:
-            for event in read.events:
-                yield event
-                if event.terminal:
-                    return
-                after = event.seq
             if read.events:
+                yield read.events  # a terminal event is always a reply's last
+                if read.events[-1].terminal:
+                    return
+                after = read.events[-1].seq
                 checked_death = False
                 quiet_since = time.monotonic()
             elif time.monotonic() - quiet_since >= idle_seconds:
-                yield None
+                yield []
                 quiet_since = time.monotonic()
             if not read.events and not read.running:
                 if checked_death:  # looked twice: its last publish did not just land
-                    yield reply_event(after + 1, ErrorData(503, DIED))
+                    yield [reply_event(after + 1, ErrorData(503, DIED))]
                     return
                 checked_death = True
             next_read = await self._read(key, reply_id, after, 0 if checked_death else self._wait)
             if next_read is None:
-                yield reply_event(after + 1, ErrorData(410, EXPIRED))
+                yield [reply_event(after + 1, ErrorData(410, EXPIRED))]
                 return
             if isinstance(next_read, ErrorData):
-                yield reply_event(after + 1, next_read)
+                yield [reply_event(after + 1, next_read)]
                 return
             read = next_read
 

@@ -10,11 +10,12 @@ from domain.session import SessionKey
 
 
 class Streamed(NamedTuple):
-    """A reply as a client receives it: its events (None: nothing for a while), and what
-    to call when that client hangs up."""
+    """A reply as a client receives it: its events, in batches of those ready together (so
+    a client that fell behind catches up in one write; empty: nothing for a while), and
+    what to call when that client hangs up."""
 
     reply_id: str
-    events: AsyncIterator[ReplyEvent | None]
+    events: AsyncIterator[list[ReplyEvent]]
     client_gone: Callable[[], None]
 
 
@@ -54,23 +55,25 @@ class ReplyRun:
         self._grew.set()
         self._grew = asyncio.Event()
 
-    async def follow(self, idle_seconds: float) -> AsyncIterator[ReplyEvent | None]:
-        """Every event, as it comes, up to the terminal one; None once idle_seconds pass
-        without one (a client's connection may want a keep-alive), as the heartbeat notices.
-        No timer per wait: a follower costs nothing between events."""
+    async def follow(self, idle_seconds: float) -> AsyncIterator[list[ReplyEvent]]:
+        """The events as they come, each time all that are there, up to the terminal one;
+        an empty batch once idle_seconds pass without one (a client's connection may want a
+        keep-alive), as the heartbeat notices. No timer per wait: a follower costs nothing
+        between events."""
         index = 0
         kept_alive_at = 0.0
         while True:
-            while index < len(self.events):
-                event = self.events[index]
-                index += 1
-                yield event
-                if event.terminal:
+            if index < len(self.events):
+                batch = self.events[index:]
+                index += len(batch)
+                yield batch
+                if batch[-1].terminal:  # always a reply's last
                     return
+                continue
             await self._grew.wait()
             now = time.monotonic()
             if index == len(self.events) and now - max(self.emitted_at, kept_alive_at) >= (
                 idle_seconds
             ):
                 kept_alive_at = now
-                yield None
+                yield []

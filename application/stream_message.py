@@ -272,7 +272,7 @@ class StreamMessage:
         return usage, False
 
 
-async def _replayed(reply: Reply) -> AsyncIterator[ReplyEvent | None]:
+async def _replayed(reply: Reply) -> AsyncIterator[list[ReplyEvent]]:
     """A completed request's reply, as the events its stream sent."""
     usage = reply.usage or estimate_usage((), reply.response)
     events: list[EventData] = [
@@ -280,8 +280,7 @@ async def _replayed(reply: Reply) -> AsyncIterator[ReplyEvent | None]:
         DeltaData(reply.response),
         DoneData(reply.session_id, reply.response, usage),
     ]
-    for seq, data in enumerate(events):
-        yield reply_event(seq, data)
+    yield [reply_event(seq, data) for seq, data in enumerate(events)]
 
 
 async def _first_text(deltas: AsyncGenerator[str | Usage, None]) -> str:

@@ -21,6 +21,7 @@ from domain.reply_events import (
     DeltaData,
     DoneData,
     ErrorData,
+    ReplyEvent,
     SessionData,
     event_id,
 )
@@ -51,18 +52,20 @@ with GET /chat/{session_id}/stream and `Last-Event-ID`."""
 
 
 async def _frames(streamed: Streamed) -> AsyncIterator[bytes]:
+    """Each batch of events in one write."""
     try:
-        async for event in streamed.events:
-            if event is None:
-                yield _KEEP_ALIVE
-            else:
-                yield b"event: %s\nid: %s\ndata: %s\n\n" % (
-                    event.name.encode(),
-                    event_id(streamed.reply_id, event.seq).encode(),
-                    event.data,
-                )
+        async for batch in streamed.events:
+            yield b"".join(_frame(streamed.reply_id, event) for event in batch) or _KEEP_ALIVE
     finally:
         streamed.client_gone()
+
+
+def _frame(reply_id: str, event: ReplyEvent) -> bytes:
+    return b"event: %s\nid: %s\ndata: %s\n\n" % (
+        event.name.encode(),
+        event_id(reply_id, event.seq).encode(),
+        event.data,
+    )
 
 
 def _event_stream(streamed: Streamed) -> Stream:

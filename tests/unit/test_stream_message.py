@@ -74,11 +74,11 @@ async def collect(streamed: Streamed | None, limit: int | None = None) -> list[E
     """The events a client reads (keep-alives skipped), up to `limit` of them."""
     assert streamed is not None
     events: list[Event] = []
-    async for event in streamed.events:
-        if event is not None:
+    async for batch in streamed.events:
+        for event in batch:
             events.append((event.name, json.loads(event.data)))
-            if limit is not None and len(events) >= limit:
-                break
+        if limit is not None and len(events) >= limit:
+            break
     return events
 
 
@@ -166,7 +166,7 @@ async def test_a_client_that_hangs_up_does_not_stop_the_reply() -> None:
     w.model.hold_at = 2
     streamed = await start(w)
 
-    assert len(await collect(streamed, limit=2)) == 2
+    assert len(await collect(streamed, limit=2)) >= 2
     streamed.client_gone()
     w.model.release.set()
     await w.streams.drain(5)
@@ -223,7 +223,7 @@ async def test_re_attaching_with_the_last_id_sends_the_rest_of_the_same_reply() 
     streamed = await start(w)
     seen = await collect(streamed, limit=2)
     await asyncio.sleep(0.15)  # published
-    last_id = f"{streamed.reply_id}-1"
+    last_id = f"{streamed.reply_id}-{len(seen) - 1}"
 
     rest_task = asyncio.create_task(
         collect(await w.attach.execute(NS, "s", last_id, idle_seconds=5))
@@ -231,7 +231,7 @@ async def test_re_attaching_with_the_last_id_sends_the_rest_of_the_same_reply() 
     w.model.release.set()
     rest = await asyncio.wait_for(rest_task, timeout=2)
 
-    assert [name for name, _ in rest] == ["delta", "delta", "done"]
+    assert [name for name, _ in seen + rest] == ["session", "delta", "delta", "delta", "done"]
     assert text_of(seen) + text_of(rest) == rest[-1][1]["response"] == "Once upon a time"
     assert await w.stored("s") == ["hi", "Once upon a time"]
 
