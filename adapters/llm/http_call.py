@@ -225,19 +225,22 @@ class ProviderEndpoint:
         """The response's events as their bytes arrive, each wait for bytes bounded."""
         reader = SseReader(self._policy.max_response_bytes)
         chunks = cast(AsyncGenerator[bytes, None], response.aiter_bytes())
+        silence = _Silence(self._policy.timeout_seconds)
         async with contextlib.aclosing(chunks):
-            while True:
-                with self._faults(reading=True):
-                    async with asyncio.timeout(self._policy.timeout_seconds):
+            try:
+                while True:
+                    with self._faults(reading=True), silence.bounded():
                         chunk = await anext(chunks, None)
-                try:
-                    events = reader.feed(chunk) if chunk is not None else reader.end()
-                except SseTooLong as error:
-                    raise ModelUnavailable(f"{self._provider} answered with {error}") from error
-                for event in events:
-                    yield event
-                if chunk is None:
-                    return
+                    try:
+                        events = reader.feed(chunk) if chunk is not None else reader.end()
+                    except SseTooLong as error:
+                        raise ModelUnavailable(f"{self._provider} answered with {error}") from error
+                    for event in events:
+                        yield event
+                    if chunk is None:
+                        return
+            finally:
+                silence.close()
 
     async def _send(self, url: str, body: bytes, *, stream: bool = False) -> httpx.Response:
         headers = {**self._headers, "accept": "text/event-stream"} if stream else self._headers
@@ -277,6 +280,50 @@ class ProviderEndpoint:
             raise ModelUnavailable(
                 f"{self._provider} answered something unreadable ({type(error).__name__})"
             ) from error
+
+
+class _Silence:
+    """Bounds each wait for the next chunk of a stream by `seconds`, with one timer for the
+    whole stream that re-arms itself from the last chunk's time, where asyncio.timeout
+    around each wait would schedule and cancel a timer for every token."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._last = self._loop.time()
+        self._waiting = False
+        self._fired = False
+        self._timer = self._loop.call_at(self._last + seconds, self._check)
+
+    def _check(self) -> None:
+        due = self._last + self._seconds
+        if self._waiting and self._loop.time() >= due:
+            self._fired = True
+            self._task.cancel()
+        else:
+            self._timer = self._loop.call_at(max(due, self._loop.time() + 0.01), self._check)
+
+    @contextlib.contextmanager
+    def bounded(self) -> Iterator[None]:
+        """Around one wait: TimeoutError if it lasts `seconds` after the last chunk."""
+        self._waiting = True
+        try:
+            yield
+        except asyncio.CancelledError:
+            if not self._fired:
+                raise
+            self._fired = False
+            self._task.uncancel()
+            raise TimeoutError from None
+        finally:
+            self._waiting = False
+            self._last = self._loop.time()
+
+    def close(self) -> None:
+        self._timer.cancel()
 
 
 def bearer(api_key: str) -> dict[str, str]:
