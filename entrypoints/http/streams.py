@@ -3,8 +3,12 @@
 Frames are written here rather than with Litestar's ServerSentEvent: each event's data is
 already JSON (encoded once by the use case), and the keep-alive comment must go out while
 a reply is quiet, which Litestar 2's ServerSentEvent cannot do (its ping_interval is 3.0's).
+And the response is a plain ASGI app (EventStream) rather than Litestar's Stream, which
+starts an anyio task group and a second task per response: a hop of the event loop before
+the first event, and work on every stream, for what one watch on `receive` does here.
 """
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -13,7 +17,7 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, Parameter
-from litestar.response import Response, Stream
+from litestar.types import Receive, Scope, Send
 
 from application.reply_run import Streamed
 from domain.reply_events import (
@@ -39,8 +43,12 @@ from entrypoints.http.controllers import (
 KEEP_ALIVE_SECONDS = 15.0
 _KEEP_ALIVE = b": keep-alive\n\n"
 # Proxies (nginx) buffer a response unless told not to; a cached stream is a stale reply.
-_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 MEDIA_TYPE = "text/event-stream"
+_HEADERS = [
+    (b"content-type", f"{MEDIA_TYPE}; charset=utf-8".encode()),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 EVENTS_DESCRIPTION = """\
 Server-Sent Events, each with an `id` and JSON `data`, in this order:
@@ -68,8 +76,44 @@ def _frame(reply_id: str, event: ReplyEvent) -> bytes:
     )
 
 
-def _event_stream(streamed: Streamed) -> Stream:
-    return Stream(_frames(streamed), media_type=MEDIA_TYPE, headers=_HEADERS)
+class EventStream:
+    """The response to a stream request, as an ASGI app. A client that hangs up ends it
+    (Litestar's Stream did the same); the reply itself runs on, unless told otherwise by
+    `client_gone`. `streamed` None: 204, nothing more to send."""
+
+    def __init__(self, streamed: Streamed | None) -> None:
+        self._streamed = streamed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._streamed is None:
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        writer = asyncio.current_task()
+        assert writer is not None
+
+        def hung_up(watch: asyncio.Task[None]) -> None:
+            if not watch.cancelled():  # it returned: the client disconnected
+                writer.cancel()
+
+        watch = asyncio.create_task(_hang_up(receive))
+        watch.add_done_callback(hung_up)
+        try:
+            async for chunk in _frames(self._streamed):
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watch.done() or watch.cancelled():
+                raise
+            writer.uncancel()  # the client is gone: nothing left to send it
+        finally:
+            watch.cancel()
+
+
+async def _hang_up(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 def _json_of(kind: type[msgspec.Struct]) -> Any:
@@ -150,7 +194,7 @@ class StreamController(Controller):
         data: JSONBody[ChatRequest],
         caller: NamedDependency[Caller],
         idempotency_key: IdempotencyKeyHeader = None,
-    ) -> Stream:
+    ) -> EventStream:
         """Errors known before the model's first text (400-504) are JSON, never a stream."""
         streamed = await caller.services.stream_message.start(
             caller.namespace,
@@ -159,7 +203,7 @@ class StreamController(Controller):
             idempotency_key,
             idle_seconds=KEEP_ALIVE_SECONDS,
         )
-        return _event_stream(streamed)
+        return EventStream(streamed)
 
     @get(
         "/{session_id:str}/stream",
@@ -191,13 +235,11 @@ class StreamController(Controller):
                 ),
             ),
         ] = None,
-    ) -> Stream | Response[None]:
+    ) -> EventStream:
         streamed = await caller.services.attach_reply.execute(
             caller.namespace, session_id, last_event_id, idle_seconds=KEEP_ALIVE_SECONDS
         )
-        if streamed is None:  # 204 also tells a browser's EventSource to stop reconnecting
-            return Response(None, status_code=204)
-        return _event_stream(streamed)
+        return EventStream(streamed)  # None: 204, which tells EventSource to stop reconnecting
 
     @post(
         "/{session_id:str}/stop",
