@@ -56,7 +56,7 @@ def test_a_multi_turn_conversation_reaches_the_provider_whole_and_is_stored(
 ) -> None:
     module_stub.plan(
         json_reply(openai_body("Hello, Ada.")),
-        json_reply(openai_body("You are Ada.")),
+        json_reply(openai_body("You are Ada.", usage=(31, 4))),
         json_reply(openai_body("Goodbye, Ada.")),
     )
     seen = len(module_stub.requests)
@@ -74,12 +74,12 @@ def test_a_multi_turn_conversation_reaches_the_provider_whole_and_is_stored(
         assert service.expect(second, 200) == {
             "session_id": session_id,
             "response": "You are Ada.",
+            "usage": {"input_tokens": 31, "output_tokens": 4, "source": "provider"},
         }
         padded = {"session_id": f"  {session_id}\t", "message": "Bye."}
-        assert service.expect(http.post("/chat/", json=padded), 200) == {
-            "session_id": session_id,
-            "response": "Goodbye, Ada.",
-        }
+        third = service.expect(http.post("/chat/", json=padded), 200)
+        assert (third["session_id"], third["response"]) == (session_id, "Goodbye, Ada.")
+        assert third["usage"]["source"] == "estimate"  # this answer counted nothing
 
         requests = module_stub.requests[seen:]
         assert [(r.method, r.path) for r in requests] == [("POST", "/v1/chat/completions")] * 3
