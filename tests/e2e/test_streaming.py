@@ -342,6 +342,7 @@ def test_a_client_that_dropped_sees_the_stopped_done_when_it_re_attaches(
 # --- stream_on_disconnect = cancel -----------------------------------------------------------
 
 
+@pytest.mark.slow  # a service of its own, and a reply's whole length of waiting
 def test_with_cancel_on_disconnect_a_client_that_drops_leaves_nothing_stored(
     cancel_service: Service, sid: str
 ) -> None:
@@ -476,6 +477,7 @@ async def test_an_idempotency_key_repeat_follows_or_replays_without_a_new_provid
 # --- many streams at once --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_many_concurrent_streams_with_random_drops_and_re_attaches_store_each_reply_once(
     service: Service, sid: str

@@ -40,6 +40,9 @@ from tests.e2e.sse import (
 from tests.support.redis_server import RedisServer
 from tests.support.tcp_proxy import running_proxy
 
+# Several service processes each, kills and restarts: seconds per test.
+pytestmark = pytest.mark.slow
+
 TOKEN = "tok-streaming-faults"
 WORD_SECONDS = 0.05
 STOPPED_WITHIN = 1.0
