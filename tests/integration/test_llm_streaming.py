@@ -499,7 +499,7 @@ async def test_an_error_in_the_stream_names_no_key(
 async def test_closing_the_stream_hangs_up_on_the_provider_at_once(
     provider: str, provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
-    provider_stub.plan(streamed(_events(_whole(provider, *WORDS)), pause=0.5))
+    provider_stub.plan(streamed(_events(_whole(provider, *WORDS)), pause=0.2))
     model = _model(provider, provider_client, provider_stub.url)
     stream = model.stream(sample_conversation())
 
@@ -518,7 +518,7 @@ async def test_closing_the_stream_hangs_up_on_the_provider_at_once(
 async def test_cancelling_the_reader_hangs_up_on_the_provider(
     provider: str, provider_stub: ProviderStub, provider_client: httpx.AsyncBaseTransport
 ) -> None:
-    provider_stub.plan(streamed(_events(_whole(provider, *WORDS)), pause=0.5))
+    provider_stub.plan(streamed(_events(_whole(provider, *WORDS)), pause=0.2))
     model = _model(provider, provider_client, provider_stub.url)
     got: list[str | Usage] = []
 
