@@ -52,6 +52,10 @@ class StreamMessage:
     - Its events are published to the reply log in batches (ReplyPublisher), so that any
       worker can serve a client that re-attaches, and a producer that dies is noticed by
       its lease.
+    - With an Idempotency-Key (RequestLeases): a repeat of a completed request replays its
+      reply without the model, a repeat of a running one follows it, and the key with
+      another request is a conflict. A reply that fails frees its key before its error goes
+      out, so a client that retries on seeing the error runs the request again.
     """
 
     def __init__(
