@@ -44,6 +44,7 @@ class ReplyPublisher:
         self._replies: dict[ReplyRun, _Published] = {}
         self._urgent = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
 
     async def publish(self, run: ReplyRun) -> None:
         """Keep `run` published from now until its terminal event is, or is given up on."""
@@ -87,10 +88,15 @@ class ReplyPublisher:
         try:
             outcomes = await self._log.publish(batch)
         except HistoryUnavailable as error:
-            log.warning("%d replies' events not published yet: %s", len(due), error)
+            if not self._failing:  # once per outage, not once per flush
+                log.warning("streamed replies' events not published yet: %s", error)
+                self._failing = True
             for state in due:
                 self._give_up_if_late(state, now)
             return
+        if self._failing:
+            log.info("streamed replies' events are published again")
+            self._failing = False
         for state, outcome in zip(due, outcomes, strict=True):
             state.upto, state.renewed = outcome.upto, now
             if outcome.stop_requested:

@@ -1,9 +1,13 @@
 """ReplyPublisher: every running reply of a process in one log call per flush."""
 
 import asyncio
+import logging
 from collections.abc import Sequence
 
+import pytest
+
 from adapters.memory_reply_log import MemoryReplyLog
+from application.errors import HistoryUnavailable
 from application.ports import Publication, Published
 from application.reply_publisher import FLUSH_SECONDS, ReplyPublisher
 from application.reply_run import ReplyRun
@@ -65,3 +69,40 @@ async def test_a_reply_is_published_as_soon_as_it_starts_and_ends() -> None:
     ended = await log.read(run.key, run.reply_id, -1, 0)
     assert ended is not None
     assert [e.name for e in ended.events] == ["session", "done"]
+
+
+class FailingLog(CountingLog):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def publish(self, batch: Sequence[Publication]) -> list[Published]:
+        if self.down:
+            raise HistoryUnavailable("the history store is unavailable")
+        return await super().publish(batch)
+
+
+async def test_a_store_that_fails_is_said_once_and_its_return_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log = FailingLog()
+    publisher = ReplyPublisher(log)
+    run = ReplyRun(SessionKey("ns", "s"), "0123456789abcdef")
+    run.emit(SessionData("s"))
+    published = asyncio.create_task(publisher.publish(run))
+
+    with caplog.at_level(logging.INFO, logger="application.reply_publisher"):
+        await asyncio.sleep(5 * FLUSH_SECONDS)
+        log.down = False
+        run.emit(DoneData("s", "", Usage(0, 0, "estimate")))
+        publisher.hurry()
+        await asyncio.wait_for(published, timeout=1)
+
+    said = [r.getMessage() for r in caplog.records]
+    assert said == [
+        "streamed replies' events not published yet: the history store is unavailable",
+        "streamed replies' events are published again",
+    ]
+    read = await log.read(run.key, run.reply_id, -1, 0)
+    assert read is not None
+    assert [e.name for e in read.events] == ["session", "done"]
