@@ -42,21 +42,21 @@ from entrypoints.http.controllers import (
 
 KEEP_ALIVE_SECONDS = 15.0
 _KEEP_ALIVE = b": keep-alive\n\n"
-# Proxies (nginx) buffer a response unless told not to; a cached stream is a stale reply.
 MEDIA_TYPE = "text/event-stream"
+# Proxies (nginx) buffer a response unless told not to; a cached stream is a stale reply.
 _HEADERS = [
     (b"content-type", f"{MEDIA_TYPE}; charset=utf-8".encode()),
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
 
-EVENTS_DESCRIPTION = """\
+EVENTS_DESCRIPTION = f"""\
 Server-Sent Events, each with an `id` and JSON `data`, in this order:
-`session` `{"session_id"}`; `delta` `{"text"}` zero or more times (concatenated, the reply);
-then exactly one of `done` `{"session_id", "response", "usage", "stopped"?}`, sent once the
-exchange is stored, or `error` `{"status_code", "detail"}`, after which nothing of it is
-stored. A `: keep-alive` comment goes out every 15 s while nothing else does. Re-attach
-with GET /chat/{session_id}/stream and `Last-Event-ID`."""
+`session` `{{"session_id"}}`; `delta` `{{"text"}}` zero or more times (concatenated, the
+reply); then exactly one of `done` `{{"session_id", "response", "usage", "stopped"?}}`, sent
+once the exchange is stored, or `error` `{{"status_code", "detail"}}`, after which nothing of
+it is stored. A `: keep-alive` comment goes out every {KEEP_ALIVE_SECONDS:g} s while nothing
+else does. Re-attach with GET /chat/{{session_id}}/stream and `Last-Event-ID`."""
 
 
 async def _frames(streamed: Streamed) -> AsyncIterator[bytes]:
