@@ -192,7 +192,8 @@ class StreamMessage:
                 await self._finish(run, question, conversation, deltas, [first], pending)
             finally:
                 self._publisher.hurry()  # its last events
-                await _settled(published)
+                # Even while this task is cancelled: a reply ended so still publishes its error.
+                await _uncancellable(published)
         finally:
             if lease is not None:
                 lease.cancel()
@@ -294,19 +295,12 @@ async def _first_text(deltas: AsyncGenerator[str | Usage, None]) -> str:
     raise ModelUnavailable("the model answered with an empty reply")
 
 
-async def _settled(task: asyncio.Task[None]) -> None:
-    """Wait for `task` even if this task is being cancelled: a reply ended by cancellation
-    still publishes its error event."""
-    while not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
-
-
 T = TypeVar("T")
 
 
 async def _uncancellable(step: Awaitable[T]) -> T:
-    """Run `step` to its end, ignoring cancellation meanwhile."""
+    """Run `step` to its end, ignoring cancellation meanwhile (a cancellation already on
+    its way out of the caller carries on after)."""
     task = asyncio.ensure_future(step)
     while not task.done():
         with contextlib.suppress(asyncio.CancelledError):
