@@ -45,29 +45,23 @@ class AttachReply:
         """Return once the reply is found (SessionNotFound if not); then follow its events.
         None when Last-Event-ID names the reply's last event: the client has it all."""
         key = SessionKey(namespace, parse_session_id(session_id))
-        found = None
-        after = -1
         if last_event_id:
             reply_id, after = parse_event_id(last_event_id)
             # From the event the client names, to see whether that one was the last.
             found = await self._log.read(key, reply_id, after - 1, 0)
-        if found is not None:
-            if found.events and found.events[0].seq == after and found.events[0].terminal:
-                return None
-            found = ReplyRead([e for e in found.events if e.seq > after], found.running)
-        else:
-            after = -1
-            latest = await self._log.latest(key)
-            if latest is not None:
-                reply_id = latest
-                found = await self._log.read(key, reply_id, after, 0)
-        if found is None:
+            if found is not None:
+                if found.events and found.events[0].seq == after and found.events[0].terminal:
+                    return None
+                rest = ReplyRead([e for e in found.events if e.seq > after], found.running)
+                following = self._follow(key, reply_id, after, rest, idle_seconds)
+                return Streamed(reply_id, following, nothing_to_do)
+        latest = await self._log.latest(key)
+        whole = None if latest is None else await self.follow(key, latest, idle_seconds)
+        if whole is None:
             raise SessionNotFound(
                 f"session {key.session_id!r} has no reply running or recently ended"
             )
-        return Streamed(
-            reply_id, self._follow(key, reply_id, after, found, idle_seconds), nothing_to_do
-        )
+        return whole
 
     async def follow(self, key: SessionKey, reply_id: str, idle_seconds: float) -> Streamed | None:
         """A reply from its first event, if the log knows it."""
