@@ -214,7 +214,9 @@ async def test_a_provider_too_slow_times_out_after_the_deadline_and_not_retried(
         await model.reply(CONVERSATION)
 
     assert time.monotonic() - started < 1.5
-    assert len(provider_stub.requests) == 1
+    # Not retried. (On a busy machine the deadline can pass before the stub has read the
+    # one request, and the client's hang-up then drops it unread: at most one.)
+    assert len(provider_stub.requests) <= 1
 
 
 async def test_nothing_listening_is_unavailable_after_the_retries(
