@@ -14,16 +14,13 @@ import httpx
 import msgspec
 import pytest
 
-from adapters.llm.anthropic import AnthropicModel, messages_url
 from adapters.llm.http_call import RetryPolicy
-from adapters.llm.huggingface import HuggingFaceModel
-from adapters.llm.openai import OpenAIChatModel, chat_completions_url
 from application.errors import ModelTimeout, ModelUnavailable
 from application.ports import LanguageModel
 from domain.answer import Answer
 from domain.conversation import Conversation
 from domain.message import Message
-from tests.integration.llm_samples import FAST
+from tests.integration.llm_samples import FAST, provider_model
 from tests.support.provider_stub import (
     ProviderStub,
     Reply,
@@ -50,20 +47,7 @@ CONVERSATION = Conversation(
 def _model(
     provider: str, client: httpx.AsyncBaseTransport, base_url: str, policy: RetryPolicy = FAST
 ) -> LanguageModel:
-    if provider == "openai":
-        return OpenAIChatModel(
-            client, url=chat_completions_url(base_url), api_key=SECRET, model="gpt-4o-mini",
-            max_tokens=32, temperature=0.2, policy=policy,
-        )  # fmt: skip
-    if provider == "anthropic":
-        return AnthropicModel(
-            client, url=messages_url(base_url), api_key=SECRET, model="claude-3-5-haiku-latest",
-            max_tokens=32, temperature=0.2, policy=policy,
-        )  # fmt: skip
-    return HuggingFaceModel(
-        client, url=f"{base_url}/generate", api_key=SECRET, max_tokens=32, temperature=0.2,
-        policy=policy,
-    )  # fmt: skip
+    return provider_model(provider, client, base_url, api_key=SECRET, policy=policy)
 
 
 def _answer(provider: str, text: str) -> Reply:
