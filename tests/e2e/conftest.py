@@ -9,6 +9,7 @@ teardown (workers, an embedded redis-server) is killed, so nothing outlives the 
 import contextlib
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -414,3 +415,18 @@ def echo_reply(message: str, earlier: int = 0) -> str:
         "[echo: offline test model, no LLM provider configured] You said: "
         f"{message} ({earlier} earlier messages in this session)"
     )
+
+
+@pytest.fixture
+def sid(request: pytest.FixtureRequest) -> str:
+    """A session id named after the test, with room left for a suffix per client."""
+    return re.sub(r"[^A-Za-z0-9._:-]", "-", request.node.name)[-100:]
+
+
+def words(count: int) -> str:
+    """A message of `count` words; the echo model's reply to it has 16 + count words."""
+    return " ".join(f"word{n}" for n in range(count))
+
+
+def chat(session_id: str, message: str) -> dict[str, str]:
+    return {"session_id": session_id, "message": message}

@@ -9,7 +9,6 @@ close without reading a byte, as a browser tab being closed or a client's own ti
 """
 
 import json
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -59,11 +58,6 @@ def stub(module_stub: ProviderStub) -> Iterator[ProviderStub]:
 def http(service: Service) -> Iterator[httpx.Client]:
     with service.client(TOKEN) as client:
         yield client
-
-
-@pytest.fixture
-def sid(request: pytest.FixtureRequest) -> str:
-    return re.sub(r"[^A-Za-z0-9._:-]", "-", request.node.name)[-128:]
 
 
 class RawClient:

@@ -7,7 +7,6 @@ history is exactly what it was; where a retry succeeds, the exchange is stored e
 """
 
 import json
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -92,12 +91,6 @@ def stub(module_stub: ProviderStub) -> Iterator[ProviderStub]:
     left = module_stub.planned
     module_stub.reset()
     assert left == 0, f"{left} planned replies were never asked for"
-
-
-@pytest.fixture
-def sid(request: pytest.FixtureRequest) -> str:
-    """A session id of the test's own, named after it."""
-    return re.sub(r"[^A-Za-z0-9._:-]", "-", request.node.name)[-128:]
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ reply GET /chat/{id} shows, and that exchange is stored exactly once.
 
 import asyncio
 import random
-import re
 import time
 from collections.abc import Iterator
 
@@ -21,9 +20,11 @@ from tests.e2e.conftest import (
     Service,
     ServiceLauncher,
     assert_stored_once,
+    chat,
     echo_reply,
     openai_config,
     stored_messages,
+    words,
 )
 from tests.e2e.sse import (
     AsyncEventStream,
@@ -104,20 +105,6 @@ def stub(module_stub: ProviderStub) -> Iterator[ProviderStub]:
 def http(service: Service) -> Iterator[httpx.Client]:
     with service.client(TOKEN) as client:
         yield client
-
-
-@pytest.fixture
-def sid(request: pytest.FixtureRequest) -> str:
-    return re.sub(r"[^A-Za-z0-9._:-]", "-", request.node.name)[-100:]
-
-
-def words(count: int) -> str:
-    """A message of `count` words: its echo reply runs (16 + count) * WORD_SECONDS."""
-    return " ".join(f"word{n}" for n in range(count))
-
-
-def chat(session_id: str, message: str) -> dict[str, str]:
-    return {"session_id": session_id, "message": message}
 
 
 def openai_words(*deltas: str, pause: float = 0.05, usage: tuple[int, int] = (7, 3)) -> Reply:

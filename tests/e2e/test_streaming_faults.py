@@ -9,7 +9,6 @@ its reply runs.
 
 import asyncio
 import os
-import re
 import signal
 import time
 from collections.abc import Iterator
@@ -22,10 +21,12 @@ from tests.e2e.conftest import (
     Service,
     ServiceLauncher,
     assert_stored_once,
+    chat,
     echo_reply,
     stored_messages,
     tcp_connections,
     wait_until,
+    words,
     worker_pids,
 )
 from tests.e2e.sse import (
@@ -72,20 +73,6 @@ def two_workers(module_launch: ServiceLauncher, module_redis: RedisServer) -> Se
     service = module_launch(echo_config(module_redis.url, "workers"), workers=2)
     wait_until(lambda: service.stderr().count(" ready: ") == 2, 20, "both workers ready")
     return service
-
-
-@pytest.fixture
-def sid(request: pytest.FixtureRequest) -> str:
-    return re.sub(r"[^A-Za-z0-9._:-]", "-", request.node.name)[-100:]
-
-
-def words(count: int) -> str:
-    """A message of `count` words: its echo reply runs (16 + count) * WORD_SECONDS."""
-    return " ".join(f"word{n}" for n in range(count))
-
-
-def chat(session_id: str, message: str) -> dict[str, str]:
-    return {"session_id": session_id, "message": message}
 
 
 def attach_status(http: httpx.Client, session_id: str, headers: dict[str, str]) -> int:
