@@ -1,6 +1,6 @@
 """What the use cases need from the world. Each port has a real and an in-memory adapter."""
 
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -128,6 +128,53 @@ class ReplyLog(Protocol):
 
     async def request_stop(self, key: SessionKey) -> bool:
         """Ask the producer of the session's latest reply to stop; False if none is running."""
+        ...
+
+
+class TokenSample(NamedTuple):
+    """Input tokens a provider counted, and the characters of the prompt it counted them in."""
+
+    tokens: int
+    chars: int
+
+
+class ModelStatus(NamedTuple):
+    cooling_seconds: float  # > 0: skipped for this long still
+    probing: bool  # its cooldown ran out: one caller at a time may try it (claim_probe)
+    failures: int  # failures counted since its last success
+    tokens_per_char: float | None  # calibrated from the samples; None before the first
+
+
+UP = ModelStatus(0.0, False, 0, None)
+
+
+@runtime_checkable
+class ModelHealth(Protocol):
+    """How each configured model fares, shared by every worker and replica, by name.
+
+    A model's `cooldown_failures`-th failure in a row (or a failed probe) cools it down for
+    `cooldown_seconds` (both given to the adapter); when that runs out it is probing until
+    a success. Failures raise HistoryUnavailable.
+    """
+
+    async def statuses(
+        self, names: Sequence[str], samples: Mapping[str, TokenSample]
+    ) -> dict[str, ModelStatus]:
+        """Add each model's samples (those gathered since the last call) to its calibration,
+        and return every named model's status, in one call."""
+        ...
+
+    async def failed(self, name: str) -> ModelStatus:
+        """Count a failure; return the status it leaves."""
+        ...
+
+    async def recovered(self, name: str) -> None:
+        """A success: forget its failures, cooldown and probe (not its calibration)."""
+        ...
+
+    async def claim_probe(self, name: str, seconds: float) -> bool:
+        """True for one caller at a time while the model is probing; a claim lasts `seconds`
+        (how long a call may take), so a prober that died does not block the next."""
         ...
 
 
