@@ -65,8 +65,27 @@ if redis.call('LINDEX', KEYS[1], -1) == ARGV[1] then return redis.call('UNLINK',
 return 0
 """
 
+
+class _Entry(msgspec.Struct, frozen=True, array_like=True):
+    """A stored message: [role, content, created_at], and the model for a reply that names
+    it. Entries written before replies named their model have three items, and still read."""
+
+    role: Role
+    content: str
+    created_at: datetime
+    model: str | None = None
+
+
+def _entry(message: Message) -> bytes:
+    """A message without a model is written as three items, as it always was: its bytes are
+    what a repeated write of the same exchange is recognised by."""
+    if message.model is None:
+        return _encode((message.role, message.content, message.created_at))
+    return _encode((message.role, message.content, message.created_at, message.model))
+
+
 _encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(tuple[Role, str, datetime]).decode
+_decode = msgspec.msgpack.Decoder(_Entry).decode
 _decode_receipt = msgspec.msgpack.Decoder(Receipt).decode
 
 
@@ -91,7 +110,7 @@ def _glob_escape(text: str) -> str:
 def _idle(newest: bytes, written_before: datetime) -> bool:
     """Whether a history whose newest entry is `newest` was last written before that time."""
     try:
-        return _decode(newest)[2] < written_before
+        return _decode(newest).created_at < written_before
     except (msgspec.DecodeError, msgspec.ValidationError):
         return True  # unreadable: nothing a reader can use
 
@@ -127,7 +146,8 @@ class RedisHistory:
         messages = []
         for entry in entries:
             try:
-                messages.append(Message(*_decode(entry)))
+                e = _decode(entry)
+                messages.append(Message(e.role, e.content, e.created_at, e.model))
             except (msgspec.DecodeError, msgspec.ValidationError):
                 log.warning("skipping an unreadable history entry in session %s", key.session_id)
         return messages
@@ -139,8 +159,8 @@ class RedisHistory:
         args: list[bytes | int] = [
             self._max_messages,
             self._ttl,
-            _encode((question.role, question.content, question.created_at)),
-            _encode((answer.role, answer.content, answer.created_at)),
+            _entry(question),
+            _entry(answer),
         ]
         if receipt is not None:
             keys.append(self._receipt_key(receipt))

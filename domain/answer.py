@@ -18,10 +18,12 @@ class Usage(msgspec.Struct, frozen=True):
 
 
 class Answer(msgspec.Struct, frozen=True):
-    """A whole reply; `usage` is None when the provider did not count it."""
+    """A whole reply; `usage` is None when the provider did not count it. `model` names the
+    configured model that answered, once the routing knows it."""
 
     text: str
     usage: Usage | None = None
+    model: str | None = None
 
 
 def estimate_tokens(text: str) -> int:

@@ -26,6 +26,7 @@ class Reply(msgspec.Struct, frozen=True):
     session_id: str
     response: str
     usage: Usage | None = None  # None only in receipts stored before replies counted tokens
+    model: str | None = None  # the configured model that answered; None in older receipts
 
 
 class Receipt(msgspec.Struct, frozen=True):

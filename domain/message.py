@@ -10,10 +10,11 @@ from domain.errors import InvalidMessage
 Role = Literal["user", "assistant"]
 
 
-class Message(msgspec.Struct, frozen=True):
+class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     role: Role
     content: str
     created_at: datetime
+    model: str | None = None  # an assistant message: the configured model that wrote it
 
 
 def check_user_message(text: str, max_chars: int) -> str:

@@ -46,6 +46,7 @@ class DoneData(msgspec.Struct, frozen=True, omit_defaults=True):
     session_id: str
     response: str
     usage: Usage
+    model: str | None = None  # the configured model that answered (None: a receipt from before)
     stopped: bool = False  # POST /chat/{id}/stop ended it; response is what was written until then
 
 

@@ -101,6 +101,16 @@ async def test_exchange_round_trips_in_order(store: HistoryStore) -> None:
     ]
 
 
+async def test_a_reply_keeps_the_name_of_the_model_that_wrote_it(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    question, answer = exchange(1)
+    named = Message("assistant", answer.content, answer.created_at, "claude")
+
+    await history.append_exchange(KEY, question, named)
+
+    assert [m.model for m in await history.load(KEY)] == [None, "claude"]
+
+
 async def test_a_retried_write_is_stored_once(store: HistoryStore) -> None:
     history = store.make(50, 0)
     question, answer = exchange(1)

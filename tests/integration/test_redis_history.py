@@ -191,6 +191,19 @@ async def test_undecodable_entries_are_skipped(redis_client: Redis, history: Red
     assert await history.load(KEY) == [*exchange(1), *exchange(2)]
 
 
+async def test_entries_written_before_replies_named_their_model_still_read(
+    redis_client: Redis, history: RedisHistory
+) -> None:
+    question, answer = exchange(1)
+    await redis_client.rpush(
+        f"{PREFIX}:history:public:s-1",
+        msgspec.msgpack.encode([question.role, question.content, question.created_at]),
+        msgspec.msgpack.encode([answer.role, answer.content, answer.created_at]),
+    )
+
+    assert await history.load(KEY) == [question, answer]
+
+
 @pytest.fixture
 def persistent_server(tmp_path: Path) -> Iterator[RedisServer]:
     with RedisServer(tmp_path / "redis", persistent=True) as server:
