@@ -3,10 +3,9 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from application.ports import ChatHistory, Clock, LanguageModel
+from application.model_routing import ModelRouter
+from application.ports import ChatHistory, Clock
 from application.request_leases import RequestLeases
-from domain.answer import estimate_usage
-from domain.conversation import build_conversation, prompt_texts
 from domain.idempotency import Receipt, Reply, fingerprint, parse_idempotency_key
 from domain.message import Message, check_user_message
 from domain.session import SessionKey, session_id_or_new
@@ -22,7 +21,9 @@ class SendMessage:
     Rules:
     - A missing or blank session_id starts a new session; any other must be a valid id.
     - The message must be non-empty and at most max_message_chars long.
-    - The model sees the system prompt (if any), the stored history, then the new message.
+    - The models are asked as ModelRouter says: each sees the system prompt, the newest
+      stored messages that fit its window, then the new message; the reply and the stored
+      answer name the model that wrote it. A message no model could take is refused first.
     - The question and its reply are stored together, in one atomic write, only once the
       model has answered: any failure (model, store, a cancelled request) stores nothing.
     - Concurrent exchanges on one session are each appended whole; none is lost.
@@ -36,17 +37,15 @@ class SendMessage:
     def __init__(
         self,
         history: ChatHistory,
-        model: LanguageModel,
+        models: ModelRouter,
         *,
         max_message_chars: int,
-        system_prompt: str | None = None,
         clock: Clock = utc_now,
         leases: RequestLeases | None = None,
     ) -> None:
         self._history = history
-        self._model = model
+        self._models = models
         self._max_message_chars = max_message_chars
-        self._system_prompt = system_prompt
         self._clock = clock
         self._leases = leases
 
@@ -59,6 +58,7 @@ class SendMessage:
     ) -> Reply:
         key = SessionKey(namespace, session_id_or_new(session_id))
         question = Message("user", check_user_message(text, self._max_message_chars), self._clock())
+        self._models.check_fits(question.content)
         if idempotency_key is None or self._leases is None:
             return await self._answer(key, question)
         pending = Receipt(
@@ -80,12 +80,9 @@ class SendMessage:
         self, key: SessionKey, question: Message, pending: Receipt | None = None
     ) -> Reply:
         stored = await self._history.load(key)
-        conversation = build_conversation(self._system_prompt, stored, question)
-        answer = await self._model.reply(conversation)
-        usage = answer.usage or estimate_usage(prompt_texts(conversation), answer.text)
-        reply = Reply(key.session_id, answer.text, usage)
+        answer = await self._models.reply(stored, question)
+        reply = Reply(key.session_id, answer.text, answer.usage, answer.model)
         done = None if pending is None else msgspec.structs.replace(pending, reply=reply)
-        first = await self._history.append_exchange(
-            key, question, Message("assistant", answer.text, self._clock()), done
-        )
+        written = Message("assistant", answer.text, self._clock(), answer.model)
+        first = await self._history.append_exchange(key, question, written, done)
         return first or reply

@@ -8,13 +8,14 @@ import msgspec
 
 from application.attach_reply import AttachReply
 from application.errors import HistoryUnavailable, ModelUnavailable
-from application.ports import ChatHistory, Clock, LanguageModel, ReplyLog
+from application.model_routing import ModelRouter, OpenedStream
+from application.ports import ChatHistory, Clock, ReplyLog
 from application.reply_publisher import FINAL_PUBLISH_SECONDS, ReplyPublisher
 from application.reply_run import ReplyRun, Streamed, nothing_to_do
 from application.request_leases import RequestLeases
 from application.send_message import utc_now
 from domain.answer import Usage, estimate_usage
-from domain.conversation import Conversation, build_conversation, prompt_texts
+from domain.conversation import prompt_texts
 from domain.idempotency import Receipt, Reply, fingerprint, parse_idempotency_key
 from domain.message import Message, check_user_message
 from domain.reply_events import (
@@ -40,9 +41,10 @@ SHUT_DOWN = "the service stopped before the reply was complete; nothing was stor
 class StreamMessage:
     """Answer a user's message as the model writes it, and remember the exchange.
 
-    Rules (besides SendMessage's on the session, the message and what the model sees):
-    - Nothing is promised before the model's first text: a failure until then (the store,
-      the model after its retries) is raised to the caller, and nothing is stored.
+    Rules (besides SendMessage's on the session, the message and what the models see):
+    - Nothing is promised before a model's first text: a failure until then (the store,
+      every model, each after its retries) is raised to the caller, and nothing is stored.
+      After it, the reply is that model's: no other is asked, and `done` names it.
     - From the first text on, the reply runs in a task of its own to its end, whether anyone
       follows it or not (with on_disconnect "cancel", the asking client hanging up cancels
       it). It ends with exactly one `done`, sent once the exchange is stored, or one
@@ -61,23 +63,21 @@ class StreamMessage:
     def __init__(
         self,
         history: ChatHistory,
-        model: LanguageModel,
+        models: ModelRouter,
         log: ReplyLog,
         *,
         max_message_chars: int,
         failure_status: Callable[[BaseException], int],
         attach: AttachReply,
-        system_prompt: str | None = None,
         on_disconnect: OnDisconnect = "continue",
         clock: Clock = utc_now,
         leases: RequestLeases | None = None,
     ) -> None:
         self._history = history
-        self._model = model
+        self._models = models
         self._publisher = ReplyPublisher(log)
         self._max_message_chars = max_message_chars
         self._status = failure_status
-        self._system_prompt = system_prompt
         self._on_disconnect = on_disconnect
         self._clock = clock
         self._attach = attach
@@ -97,6 +97,7 @@ class StreamMessage:
         once the first is found); the events follow, None after each idle_seconds."""
         key = SessionKey(namespace, session_id_or_new(session_id))
         question = Message("user", check_user_message(text, self._max_message_chars), self._clock())
+        self._models.check_fits(question.content)
         reply_id = new_reply_id()
         pending = None
         if idempotency_key is not None and self._leases is not None:
@@ -131,9 +132,8 @@ class StreamMessage:
         self, key: SessionKey, question: Message, reply_id: str, pending: Receipt | None
     ) -> ReplyRun:
         stored = await self._history.load(key)
-        conversation = build_conversation(self._system_prompt, stored, question)
         run = ReplyRun(key, reply_id)
-        run.task = asyncio.create_task(self._produce(run, question, conversation, pending))
+        run.task = asyncio.create_task(self._produce(run, question, stored, pending))
         self._running[run.task] = run
         run.task.add_done_callback(self._forget)
         try:
@@ -166,16 +166,15 @@ class StreamMessage:
         self,
         run: ReplyRun,
         question: Message,
-        conversation: Conversation,
+        stored: list[Message],
         pending: Receipt | None,
     ) -> None:
-        deltas = self._model.stream(conversation)
         lease = None
         if pending is not None and self._leases is not None:
             lease = asyncio.create_task(self._leases.keep(pending))
         try:
             try:
-                first = await _first_text(deltas)
+                opened = await self._models.stream(stored, question)
             except BaseException as error:
                 if isinstance(error, asyncio.CancelledError):  # before anything was promised
                     run.committed.cancel()
@@ -185,46 +184,42 @@ class StreamMessage:
                 run.committed.set_exception(error)  # start() raises it and frees the key
                 return
             run.emit(SessionData(run.key.session_id))
-            run.emit(DeltaData(first))
+            run.emit(DeltaData(opened.first))
             run.committed.set_result(None)
             published = asyncio.create_task(self._publisher.publish(run))
             try:
-                await self._finish(run, question, conversation, deltas, [first], pending)
+                await self._finish(run, question, opened, pending)
             finally:
+                await opened.rest.aclose()
                 self._publisher.hurry()  # its last events
                 # Even while this task is cancelled: a reply ended so still publishes its error.
                 await _uncancellable(published)
         finally:
             if lease is not None:
                 lease.cancel()
-            await deltas.aclose()
 
     async def _finish(
         self,
         run: ReplyRun,
         question: Message,
-        conversation: Conversation,
-        deltas: AsyncGenerator[str | Usage, None],
-        texts: list[str],
+        opened: OpenedStream,
         pending: Receipt | None,
     ) -> None:
         """Relay the rest of the reply, store the exchange, and end with done or error."""
+        texts = [opened.first]
         try:
-            usage, stopped = await self._relay(run, deltas, texts)
+            usage, stopped = await self._relay(run, opened.rest, texts)
             answer = "".join(texts)
             if stopped or usage is None:
-                usage = estimate_usage(prompt_texts(conversation), answer)
+                usage = estimate_usage(prompt_texts(opened.conversation), answer)
             receipt = None
             if pending is not None:
-                reply = Reply(run.key.session_id, answer, usage)
+                reply = Reply(run.key.session_id, answer, usage, opened.model)
                 receipt = msgspec.structs.replace(pending, reply=reply)
+            written = Message("assistant", answer, self._clock(), opened.model)
             # Once the write is sent, its outcome decides done or error: a cancellation now
             # waits for it rather than report "nothing stored" about a write that landed.
-            await _uncancellable(
-                self._history.append_exchange(
-                    run.key, question, Message("assistant", answer, self._clock()), receipt
-                )
-            )
+            await _uncancellable(self._history.append_exchange(run.key, question, written, receipt))
         except asyncio.CancelledError:
             await self._fail(run, pending, *(run.cancelled_with or (503, SHUT_DOWN)))
             raise
@@ -237,7 +232,7 @@ class StreamMessage:
                 run, pending, self._status(error), "internal error; it has been logged"
             )
             return
-        run.emit(DoneData(run.key.session_id, answer, usage, stopped))
+        run.emit(DoneData(run.key.session_id, answer, usage, opened.model, stopped))
 
     async def _fail(self, run: ReplyRun, pending: Receipt | None, status: int, detail: str) -> None:
         """End with an error; the key is freed first, so a client that retries on seeing the
@@ -283,16 +278,9 @@ async def _replayed(reply: Reply) -> AsyncIterator[list[ReplyEvent]]:
     events: list[EventData] = [
         SessionData(reply.session_id),
         DeltaData(reply.response),
-        DoneData(reply.session_id, reply.response, usage),
+        DoneData(reply.session_id, reply.response, usage, reply.model),
     ]
     yield [reply_event(seq, data) for seq, data in enumerate(events)]
-
-
-async def _first_text(deltas: AsyncGenerator[str | Usage, None]) -> str:
-    async for chunk in deltas:
-        if isinstance(chunk, str):
-            return chunk
-    raise ModelUnavailable("the model answered with an empty reply")
 
 
 T = TypeVar("T")

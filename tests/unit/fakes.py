@@ -3,7 +3,10 @@
 import asyncio
 from collections.abc import AsyncIterator
 
+from adapters.memory_model_health import MemoryModelHealth
 from application.errors import ModelUnavailable
+from application.model_routing import ModelRoute, ModelRouter
+from application.ports import LanguageModel
 from domain.answer import Answer, Usage
 from domain.conversation import Conversation
 
@@ -61,3 +64,14 @@ class StreamingModel:
                 yield chunk
         finally:
             self.closed += 1
+
+
+def routed(*models: LanguageModel | ModelRoute, system_prompt: str | None = None) -> ModelRouter:
+    """The models in order, as the service routes them (names model-0, model-1...), with an
+    in-memory health that cools a model down after 3 failures, for 30 s."""
+    routes = [
+        m if isinstance(m, ModelRoute) else ModelRoute(f"model-{n}", m)
+        for n, m in enumerate(models)
+    ]
+    health = MemoryModelHealth(cooldown_seconds=30, cooldown_failures=3)
+    return ModelRouter(routes, health, system_prompt=system_prompt)

@@ -12,7 +12,7 @@ from application.send_message import SendMessage
 from domain.errors import InvalidInput
 from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, fingerprint
 from domain.session import SessionKey
-from tests.unit.fakes import ScriptedModel, unavailable
+from tests.unit.fakes import ScriptedModel, routed, unavailable
 
 
 class Monotonic:
@@ -58,7 +58,7 @@ def sender(
         sleep=clock.sleep if clock else asyncio.sleep,
         monotonic=clock or time.monotonic,
     )
-    return SendMessage(history, model, max_message_chars=100, leases=leases)
+    return SendMessage(history, routed(model), max_message_chars=100, leases=leases)
 
 
 @pytest.fixture

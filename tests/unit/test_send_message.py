@@ -8,7 +8,7 @@ from application.errors import ModelUnavailable
 from application.send_message import SendMessage
 from domain.errors import InvalidMessage, InvalidSessionId
 from domain.session import SessionKey
-from tests.unit.fakes import ScriptedModel, unavailable
+from tests.unit.fakes import ScriptedModel, routed, unavailable
 
 
 class Clock:
@@ -32,7 +32,9 @@ def model() -> ScriptedModel:
 
 @pytest.fixture
 def send(history: MemoryHistory, model: ScriptedModel) -> SendMessage:
-    return SendMessage(history, model, max_message_chars=100, system_prompt="sys", clock=Clock())
+    return SendMessage(
+        history, routed(model, system_prompt="sys"), max_message_chars=100, clock=Clock()
+    )
 
 
 async def test_a_conversation_is_remembered_and_shown_to_the_model(
@@ -106,7 +108,7 @@ async def test_concurrent_exchanges_on_one_session_are_each_kept_whole(
     model: ScriptedModel,
 ) -> None:
     history = MemoryHistory(max_messages=100, ttl_seconds=0)
-    send = SendMessage(history, model, max_message_chars=100)
+    send = SendMessage(history, routed(model), max_message_chars=100)
     model.gate = asyncio.Event()
     tasks = [asyncio.create_task(send.execute("ns", "s", f"q{n}")) for n in range(20)]
     await asyncio.sleep(0.01)

@@ -29,7 +29,7 @@ from domain.message import Message
 from domain.reply_events import DeltaData, SessionData, reply_event
 from domain.session import SessionKey
 from entrypoints.http.errors import status_of
-from tests.unit.fakes import StreamingModel
+from tests.unit.fakes import StreamingModel, routed
 
 NS = "ns"
 Event = tuple[str, dict[str, Any]]
@@ -59,7 +59,7 @@ def world(
     model = model or StreamingModel()
     streams = StreamMessage(
         history,
-        model,
+        routed(model),
         log,
         max_message_chars=100,
         failure_status=status_of,
@@ -103,6 +103,7 @@ async def test_a_reply_streams_in_order_and_is_stored_before_done() -> None:
         "session_id": "s",
         "response": "Once upon a time",
         "usage": {"input_tokens": 12, "output_tokens": 3, "source": "provider"},
+        "model": "model-0",
     }
     assert await w.stored("s") == ["hi", "Once upon a time"]
 
@@ -359,8 +360,7 @@ def test_deltas_done_and_the_stored_reply_agree_for_any_chunking(chunks: list[st
         w = world(StreamingModel(*chunks))
         events = await collect(await start(w))
         assert text_of(events) == events[-1][1]["response"] == "".join(chunks)
-        assert (await w.history.load(SessionKey(NS, "s")))[-1] == Message(
-            "assistant", "".join(chunks), (await w.history.load(SessionKey(NS, "s")))[-1].created_at
-        )
+        stored = (await w.history.load(SessionKey(NS, "s")))[-1]
+        assert stored == Message("assistant", "".join(chunks), stored.created_at, "model-0")
 
     asyncio.run(check())

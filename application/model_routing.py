@@ -1,0 +1,384 @@
+"""The configured models in order of preference: which one is asked, and what it is sent."""
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from application.errors import (
+    ContextTooLong,
+    HistoryUnavailable,
+    ModelRejected,
+    ModelTimeout,
+    ModelUnavailable,
+)
+from application.ports import LanguageModel, ModelHealth, ModelStatus, TokenSample
+from domain.answer import Answer, Usage, estimate_usage
+from domain.context_budget import (
+    MESSAGE_TOKENS,
+    TokenEstimate,
+    fit_conversation,
+    input_budget,
+    prompt_size,
+)
+from domain.conversation import Conversation, prompt_texts
+from domain.errors import InvalidMessage
+from domain.message import Message
+
+log = logging.getLogger(__name__)
+
+REFRESH_SECONDS = 1.0  # how stale this process's view of the shared health may get
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """A configured model: its name (as replies report it), the adapter, its window
+    (0: unknown) and reply limit, and how long one call may take (a probe's claim)."""
+
+    name: str
+    model: LanguageModel
+    context_tokens: int = 0
+    max_tokens: int | None = None
+    call_seconds: float = 60.0
+
+
+class OpenedStream(NamedTuple):
+    """A stream whose first text has arrived: the model that writes it, what it was sent,
+    that text, and the rest (texts, then the provider's Usage if it counts one)."""
+
+    model: str
+    conversation: Conversation
+    first: str
+    rest: AsyncGenerator[str | Usage, None]
+
+
+class _Seen(NamedTuple):
+    """A model's shared status as this process last saw it, on its own clock."""
+
+    cooling_until: float | None  # None: up (no cooldown since its last success)
+    failures: int
+    tokens_per_char: float | None
+
+
+_UP = _Seen(None, 0, None)
+
+
+class ModelRouter:
+    """Rules:
+    - Each model is sent the system prompt, then the newest stored messages that fit its
+      window (context_tokens less max_tokens and a margin, by an estimate calibrated from
+      that model's own usage reports), starting on a user turn, then the new message. A
+      model of unknown window (0) is sent the whole stored history.
+    - A message that no model could take even alone is refused before any is asked.
+    - Models are asked in order. One whose call failed after its own retries (a timeout, a
+      connection error, a 429, a 5xx, an unusable answer) hands the request to the next.
+      A context-length refusal is retried once on the same model, trimmed to what the
+      provider counted, then handed on. A request the provider rejected as such (another
+      4xx) is not: no model is asked again, and the client is told.
+    - A stream is handed on only before its first text: the client shows it from then on.
+    - A model that keeps failing is skipped while it cools down (ModelHealth, shared by
+      every worker); after that, one request at a time probes it, and a success lets it
+      back in. When every model is cooling down, a request fails at once.
+    - This process's view of the shared health and calibration is refreshed in the
+      background at most every refresh_seconds: no request waits for it, and a store that
+      fails leaves the last view in place.
+    """
+
+    def __init__(
+        self,
+        routes: Sequence[ModelRoute],
+        health: ModelHealth,
+        *,
+        system_prompt: str | None = None,
+        refresh_seconds: float = REFRESH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not routes:
+            raise ValueError("at least one model is needed")
+        self._routes = tuple(routes)
+        self._names = [route.name for route in self._routes]
+        self._health = health
+        self._system_prompt = system_prompt or None
+        self._refresh_seconds = refresh_seconds
+        self._clock = clock
+        self._seen: dict[str, _Seen] = {}
+        self._seen_at = -math.inf
+        self._refreshing: asyncio.Task[None] | None = None
+        self._samples: dict[str, TokenSample] = {}  # since the last refresh
+        self._learnt_windows: dict[str, int] = {}  # as providers stated them, where unset
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._names)
+
+    def check_fits(self, question: str) -> None:
+        """Raise InvalidMessage when no model could take `question` even alone."""
+        needs = []
+        for route in self._routes:
+            budget = self._budget(route)
+            estimate = self._estimate(route)
+            needed = estimate.of(question)
+            if self._system_prompt:
+                needed += estimate.of(self._system_prompt)
+            if budget is None or needed <= budget:
+                return
+            needs.append((budget, needed))
+        room, needed = max(needs)
+        raise InvalidMessage(
+            f"message is too long for every configured model: it takes about {needed} "
+            f"tokens with the system prompt, and the largest context window leaves room for "
+            f"{max(0, room)} besides the reply's max_tokens"
+        )
+
+    async def reply(self, history: Sequence[Message], question: Message) -> Answer:
+        """The first answer a model gives, with its name and usage (estimated when the
+        provider counts none)."""
+        failures: list[tuple[str, ModelUnavailable]] = []
+        async for route, conversation in self._attempts(history, question):
+            try:
+                try:
+                    answer = await route.model.reply(conversation)
+                except ContextTooLong as error:
+                    conversation = self._tighter(route, conversation, error, history, question)
+                    answer = await route.model.reply(conversation)
+            except ModelRejected:
+                raise
+            except ModelUnavailable as error:
+                await self._failed(route, error)
+                failures.append((route.name, error))
+                continue
+            await self._succeeded(route)
+            self._calibrate(route, conversation, answer.usage)
+            usage = answer.usage or estimate_usage(prompt_texts(conversation), answer.text)
+            return Answer(answer.text, usage, route.name)
+        raise self._exhausted(failures)
+
+    async def stream(self, history: Sequence[Message], question: Message) -> OpenedStream:
+        """The first model's stream that writes text, once it has."""
+        failures: list[tuple[str, ModelUnavailable]] = []
+        async for route, conversation in self._attempts(history, question):
+            try:
+                try:
+                    opened = await self._open(route, conversation)
+                except ContextTooLong as error:
+                    tighter = self._tighter(route, conversation, error, history, question)
+                    opened = await self._open(route, tighter)
+            except ModelRejected:
+                raise
+            except ModelUnavailable as error:
+                await self._failed(route, error)
+                failures.append((route.name, error))
+                continue
+            await self._succeeded(route)
+            return opened
+        raise self._exhausted(failures)
+
+    async def statuses(self) -> list[tuple[str, ModelStatus]]:
+        """Each model's shared status, read now (the last view if the store fails)."""
+        with contextlib.suppress(HistoryUnavailable):
+            await self._refresh()
+        now = self._clock()
+        statuses = []
+        for name in self._names:
+            seen = self._seen.get(name, _UP)
+            until = seen.cooling_until
+            cooling = 0.0 if until is None else max(0.0, until - now)
+            probing = until is not None and cooling == 0
+            statuses.append(
+                (name, ModelStatus(cooling, probing, seen.failures, seen.tokens_per_char))
+            )
+        return statuses
+
+    # --- which model, and what it is sent ----------------------------------------------------
+
+    async def _attempts(
+        self, history: Sequence[Message], question: Message
+    ) -> AsyncIterator[tuple[ModelRoute, Conversation]]:
+        """The models to ask, in order, each with what it is sent: one cooling down is
+        skipped; one whose cooldown ran out only when this request wins its probe."""
+        self._maybe_refresh()
+        for route in self._routes:
+            conversation = fit_conversation(
+                self._system_prompt,
+                history,
+                question,
+                budget=self._budget(route),
+                estimate=self._estimate(route),
+            )
+            if conversation is not None and await self._may_ask(route):
+                yield route, conversation
+
+    async def _may_ask(self, route: ModelRoute) -> bool:
+        seen = self._seen.get(route.name, _UP)
+        if seen.cooling_until is None:
+            return True
+        if self._clock() < seen.cooling_until:
+            return False
+        try:
+            return await self._health.claim_probe(route.name, route.call_seconds)
+        except HistoryUnavailable:
+            return True  # no one can coordinate a probe: this request tries it
+
+    def _budget(self, route: ModelRoute) -> int | None:
+        window = route.context_tokens or self._learnt_windows.get(route.name, 0)
+        return input_budget(window, route.max_tokens)
+
+    def _estimate(self, route: ModelRoute) -> TokenEstimate:
+        ratio = self._seen.get(route.name, _UP).tokens_per_char
+        return TokenEstimate() if ratio is None else TokenEstimate(ratio)
+
+    def _tighter(
+        self,
+        route: ModelRoute,
+        sent: Conversation,
+        refusal: ContextTooLong,
+        history: Sequence[Message],
+        question: Message,
+    ) -> Conversation:
+        """What to send after `sent` was refused as too long: trimmed at the rate the
+        provider's own count implies (or, without one, to half), in the window it stated.
+        Raises the refusal when nothing more can be left out."""
+        estimate = self._estimate(route)
+        chars, messages = prompt_size(sent)
+        if refusal.input_tokens and chars:
+            self._note_sample(route, refusal.input_tokens, chars, messages)
+            stated = (refusal.input_tokens - MESSAGE_TOKENS * messages) / chars
+            harder = TokenEstimate(max(estimate.tokens_per_char, stated))
+        else:
+            harder = TokenEstimate(estimate.tokens_per_char * 2)
+        if refusal.limit_tokens and not route.context_tokens:
+            if self._learnt_windows.get(route.name) != refusal.limit_tokens:
+                log.warning(
+                    "model %s says its context window is %d tokens; using that (set "
+                    "context_tokens in its config section to start from it)",
+                    route.name, refusal.limit_tokens,
+                )  # fmt: skip
+            self._learnt_windows[route.name] = refusal.limit_tokens
+        budget = self._budget(route)
+        if budget is None:
+            budget = estimate.of_conversation(sent)
+        tighter = fit_conversation(
+            self._system_prompt, history, question, budget=budget, estimate=harder
+        )
+        if tighter is None or len(tighter.messages) >= len(sent.messages):
+            raise refusal
+        return tighter
+
+    async def _open(self, route: ModelRoute, conversation: Conversation) -> OpenedStream:
+        deltas = route.model.stream(conversation)
+        try:
+            first = await _first_text(deltas)
+        except BaseException:
+            await deltas.aclose()
+            raise
+        rest = self._observed(route, conversation, deltas)
+        return OpenedStream(route.name, conversation, first, rest)
+
+    async def _observed(
+        self,
+        route: ModelRoute,
+        conversation: Conversation,
+        deltas: AsyncGenerator[str | Usage, None],
+    ) -> AsyncGenerator[str | Usage, None]:
+        async with contextlib.aclosing(deltas):
+            async for item in deltas:
+                if isinstance(item, Usage):
+                    self._calibrate(route, conversation, item)
+                yield item
+
+    # --- health and calibration --------------------------------------------------------------
+
+    async def _failed(self, route: ModelRoute, error: ModelUnavailable) -> None:
+        """Count a failure of the model's health (a context-length refusal is the request's)."""
+        if isinstance(error, ContextTooLong):  # this request's size, not the model's health
+            log.warning("model %s: %s; asking the next model", route.name, error)
+            return
+        log.warning("model %s failed: %s; asking the next model", route.name, error)
+        try:
+            status = await self._health.failed(route.name)
+        except HistoryUnavailable:
+            return
+        self._see(route.name, status, self._clock())
+
+    async def _succeeded(self, route: ModelRoute) -> None:
+        seen = self._seen.get(route.name, _UP)
+        if seen.failures == 0 and seen.cooling_until is None:
+            return  # the usual case: nothing to tell the store
+        if seen.cooling_until is not None:
+            log.warning("model %s answered again; it is back in use", route.name)
+        with contextlib.suppress(HistoryUnavailable):
+            await self._health.recovered(route.name)
+        self._seen[route.name] = _Seen(None, 0, seen.tokens_per_char)
+
+    def _calibrate(self, route: ModelRoute, sent: Conversation, usage: Usage | None) -> None:
+        if usage is not None and usage.source == "provider":
+            chars, messages = prompt_size(sent)
+            self._note_sample(route, usage.input_tokens, chars, messages)
+
+    def _note_sample(self, route: ModelRoute, tokens: int, chars: int, messages: int) -> None:
+        """Input tokens less the messages' fixed share, against the prompt's characters."""
+        text_tokens = tokens - MESSAGE_TOKENS * messages
+        if text_tokens <= 0 or chars <= 0:
+            return
+        held = self._samples.get(route.name, TokenSample(0, 0))
+        self._samples[route.name] = TokenSample(held.tokens + text_tokens, held.chars + chars)
+
+    def _maybe_refresh(self) -> None:
+        due = self._clock() - self._seen_at >= self._refresh_seconds
+        if due and (self._refreshing is None or self._refreshing.done()):
+            self._refreshing = asyncio.create_task(self._refresh_quietly())
+
+    async def _refresh_quietly(self) -> None:
+        with contextlib.suppress(HistoryUnavailable):  # the last view stays
+            await self._refresh()
+
+    async def _refresh(self) -> None:
+        samples, self._samples = self._samples, {}
+        asked_at = self._clock()
+        try:
+            statuses = await self._health.statuses(self._names, samples)
+        except BaseException:
+            for name, sample in samples.items():  # not lost: sent with the next refresh
+                held = self._samples.get(name, TokenSample(0, 0))
+                self._samples[name] = TokenSample(
+                    held.tokens + sample.tokens, held.chars + sample.chars
+                )
+            raise
+        self._seen_at = asked_at
+        for name, status in statuses.items():
+            self._see(name, status, asked_at)
+
+    def _see(self, name: str, status: ModelStatus, at: float) -> None:
+        cooling_until = None
+        if status.cooling_seconds > 0 or status.probing:  # probing: a cooldown that ran out
+            cooling_until = at + status.cooling_seconds
+        ratio = status.tokens_per_char or self._seen.get(name, _UP).tokens_per_char
+        self._seen[name] = _Seen(cooling_until, status.failures, ratio)
+
+    def _exhausted(self, failures: list[tuple[str, ModelUnavailable]]) -> ModelUnavailable:
+        """What the client is told when no model answered."""
+        if len(failures) == 1:
+            return failures[0][1]
+        if not failures:
+            now = self._clock()
+            ends = (s.cooling_until for s in self._seen.values() if s.cooling_until is not None)
+            wait = min((end - now for end in ends if end > now), default=0.0)
+            return ModelUnavailable(
+                "every model is cooling down after repeated failures; the next is tried "
+                f"again in {math.ceil(wait)} s"
+            )
+        said = "; ".join(f"{name}: {error}" for name, error in failures)
+        if all(isinstance(error, ModelTimeout) for _, error in failures):
+            return ModelTimeout(f"every model timed out: {said}")
+        return ModelUnavailable(f"every model failed: {said}")
+
+
+async def _first_text(deltas: AsyncGenerator[str | Usage, None]) -> str:
+    async for chunk in deltas:
+        if isinstance(chunk, str):
+            return chunk
+    raise ModelUnavailable("the model answered with an empty reply")
