@@ -13,9 +13,15 @@ from typing import TypeVar, cast
 import httpx
 import msgspec
 
-from adapters.llm.provider_error import ProviderRefused, read_refusal
+from adapters.llm.provider_error import (
+    ContextCounts,
+    ProviderRefused,
+    context_length,
+    read_refusal,
+    refused,
+)
 from adapters.llm.sse import SseEvent, SseReader, SseTooLong
-from application.errors import ModelTimeout, ModelUnavailable
+from application.errors import ContextTooLong, ModelTimeout, ModelUnavailable
 from domain.answer import Usage
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,15 @@ class ReportedInStream(ModelUnavailable):
     def __init__(self, message: str, *, retryable: bool) -> None:
         super().__init__(message)
         self.retryable = retryable
+
+
+class ReportedContext(ReportedInStream, ContextTooLong):
+    """An error inside the stream saying the prompt and max_tokens exceed the window (TGI
+    reports its validation errors so): never retried as it is, whatever its type."""
+
+    def __init__(self, message: str, counts: ContextCounts) -> None:
+        super().__init__(message, retryable=False)
+        self.input_tokens, self.limit_tokens = counts
 
 
 class _Again(Exception):
@@ -91,7 +106,8 @@ class ProviderEndpoint:
 
         429, 5xx and connection failures are retried up to policy.max_retries times with
         jittered exponential backoff, or after Retry-After (capped); other statuses are final.
-        Either way an error status ends as ProviderRefused, in the provider's own words.
+        Either way an error status ends as ProviderRefused, in the provider's own words, of
+        the subclass `refused` picks (ContextTooLong or ModelRejected for a 4xx).
         Each attempt has a total deadline, so a trickling body cannot hold a request forever,
         and a timeout is final: retrying it would multiply the user's wait. The request goes
         straight to the transport: httpx.AsyncClient's cookie, auth, redirect and URL-merging
@@ -112,11 +128,12 @@ class ProviderEndpoint:
 
         Until the first delta is yielded, failures are handled as by `post` (error statuses
         end as ProviderRefused; 429, 5xx, connection failures and retryable ReportedInStream
-        are retried; unusable data and timeouts are final), and a stream that ends without
-        text is ModelUnavailable. After it nothing is retried: the caller has shown the text.
-        Before the headers the attempt's deadline is policy.timeout_seconds; after them the
-        same figure bounds each silence between chunks, not the whole reply, which may take
-        minutes. Closing the iterator closes the provider's response at once.
+        are retried; unusable data, timeouts and ReportedContext are final), and a stream
+        that ends without text is ModelUnavailable. After it nothing is retried: the caller
+        has shown the text. Before the headers the attempt's deadline is
+        policy.timeout_seconds; after them the same figure bounds each silence between
+        chunks, not the whole reply, which may take minutes. Closing the iterator closes the
+        provider's response at once.
         """
         attempt = 0
         while True:
@@ -145,14 +162,16 @@ class ProviderEndpoint:
 
     def reported(self, data: bytes, retryable: Collection[str]) -> ReportedInStream:
         """The error event `data` (any provider's error JSON) as the failure to raise, its
-        message key-free; retryable when its type or code is among `retryable`."""
+        message key-free: ReportedContext when it says context length; otherwise retryable
+        when its type or code is among `retryable`."""
         said = read_refusal(data, "application/json", self._secret)
         kind = said.kind or said.code
         named = f" ({kind})" if kind else ""
-        return ReportedInStream(
-            f"{self._provider} reported an error in its stream{named}: {said.message}",
-            retryable=bool({said.kind, said.code} & set(retryable)),
-        )
+        message = f"{self._provider} reported an error in its stream{named}: {said.message}"
+        counts = context_length(said)
+        if counts is not None:
+            return ReportedContext(message, counts)
+        return ReportedInStream(message, retryable=bool({said.kind, said.code} & set(retryable)))
 
     async def _before_retry(self, again: _Again, attempt: int) -> None:
         """Wait before the next attempt, or raise the failure when none is left."""
@@ -248,11 +267,12 @@ class ProviderEndpoint:
         return await self._transport.handle_async_request(request)
 
     async def _refusal(self, response: httpx.Response, url: str) -> ProviderRefused | _Again:
-        """The error status as the provider worded it; worth another attempt when 429 or 5xx."""
+        """The error status as the provider worded it; worth another attempt when 429 or 5xx
+        (never a ContextTooLong, which only a 4xx is)."""
         status = response.status_code
         content_type = response.headers.get("content-type", "")
         said = read_refusal(await _error_body(response), content_type, self._secret)
-        refusal = ProviderRefused(status, said, provider=self._provider, model=self._model, url=url)
+        refusal = refused(status, said, provider=self._provider, model=self._model, url=url)
         if status == 429 or status >= 500:
             return _Again(refusal, _retry_after(response))
         return refusal

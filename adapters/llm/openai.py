@@ -12,6 +12,7 @@ from adapters.llm.http_call import ProviderEndpoint, RetryPolicy, bearer
 from adapters.llm.provider_error import ProviderRefused, ProviderSaid
 from adapters.llm.sse import SseEvent
 from adapters.llm.token_limit import TokenLimitParameter
+from application.errors import ContextTooLong
 from domain.answer import Answer, Usage
 from domain.conversation import Conversation
 
@@ -205,8 +206,9 @@ class OpenAIChatModel:
     def _learn(self, refusal: ProviderRefused, sent: _Request) -> bool:
         """Whether `sent` carried a parameter the provider refuses; from now on it is left out.
         Concurrent requests may all be refused before the first learns: each resends, and
-        only the first logs."""
-        if refusal.status != 400:
+        only the first logs. A context-length refusal names max_tokens too, but leaving it out
+        would not shorten the prompt."""
+        if refusal.status != 400 or isinstance(refusal, ContextTooLong):
             return False
         learnt = False
         if sent.stream_options is not None and _names(refusal.said, "stream_options"):
