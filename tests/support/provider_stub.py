@@ -11,6 +11,10 @@ its own write after its own pause, so a test can split an event mid-line or mid-
 then end it cleanly, with a TCP reset, or with a stall. `openai_stream`, `anthropic_stream`
 and `tgi_stream` write the providers' event streams byte for byte.
 
+`windowed` stands in for a model with a context window: it counts each prompt with the
+stand-ins' own tokenizer (`stub_tokens`), refuses what does not fit as the provider does, and
+answers the rest with usage in the same counts.
+
 The stub also shows what its client does: `open_connections` and `replying` right now, and in
 `abandoned` every connection the client closed before its reply was completely sent, with the
 time, so a test can see a caller give up on (cancel) a provider call and release its connection.
@@ -21,6 +25,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import re
 import socket
 import struct
 import threading
@@ -30,6 +35,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -748,3 +754,159 @@ def openai_answering(text: str) -> Responder:
         return stream if request.json.get("stream") else whole
 
     return respond
+
+
+# --- a model with a context window -----------------------------------------------------------
+
+WindowedProvider = Literal["openai", "anthropic", "huggingface"]
+
+_STUB_TOKEN = re.compile(r"\w+|[^\w\s]")
+STUB_MESSAGE_TOKENS = 4  # a chat message's role and delimiters, in stub_tokens
+
+
+def stub_tokens(text: str) -> int:
+    """The stand-ins' tokenizer: each word and each punctuation mark is a token. Not a fixed
+    share of the characters, so an estimate calibrated from its counts has something to learn."""
+    return len(_STUB_TOKEN.findall(text))
+
+
+def _stub_pieces(text: str) -> list[str]:
+    """`text` as stream deltas, one stub token each, with the whitespace before it."""
+    return re.findall(r"\s*(?:\w+|[^\w\s])", text)
+
+
+class WindowedModel:
+    """A Responder: `provider`'s model with a window of `window` tokens. A request whose prompt
+    tokens (stub_tokens; chat messages STUB_MESSAGE_TOKENS more each, the system prompt being
+    one) plus its max tokens exceed the window gets the provider's refusal, in its status and
+    words, with the real counts; with `in_band`, a streamed request gets it as the first event
+    of a 200 stream instead. Any other request is answered `answer`, whole or streamed as it
+    asks, with the counts as the provider reports usage (TGI: in a stream's last event only).
+    `largest_prompt` is the most prompt tokens a request carried; `refused` counts refusals."""
+
+    def __init__(
+        self, provider: WindowedProvider, window: int, *, answer: str, in_band: bool
+    ) -> None:
+        if provider not in ("openai", "anthropic", "huggingface"):
+            raise ValueError(f"no windowed stand-in for {provider!r}")
+        self.provider = provider
+        self.window = window
+        self.answer = answer
+        self.in_band = in_band
+        self.largest_prompt = 0
+        self.refused = 0
+
+    def __call__(self, request: RecordedRequest) -> Reply:
+        sent = request.json
+        prompt = self._prompt_tokens(sent)
+        self.largest_prompt = max(self.largest_prompt, prompt)
+        reply_tokens = self._max_tokens(sent)
+        streaming = self._streaming(request, sent)
+        if prompt + reply_tokens <= self.window:
+            return self._answer(request, prompt, streaming)
+        self.refused += 1
+        message = self._too_long(prompt, reply_tokens)
+        if streaming and self.in_band:
+            return streamed([self._error_event(message)])
+        return self._error_status(message)
+
+    def _prompt_tokens(self, sent: dict[str, Any]) -> int:
+        if self.provider == "huggingface":
+            return stub_tokens(sent["inputs"])
+        texts = [_content_text(message["content"]) for message in sent["messages"]]
+        if sent.get("system"):  # Anthropic's system prompt, a field of its own
+            texts.append(_content_text(sent["system"]))
+        return sum(STUB_MESSAGE_TOKENS + stub_tokens(text) for text in texts)
+
+    def _max_tokens(self, sent: dict[str, Any]) -> int:
+        if self.provider == "huggingface":
+            return sent.get("parameters", {}).get("max_new_tokens") or 0
+        return sent.get("max_completion_tokens", sent.get("max_tokens")) or 0
+
+    def _streaming(self, request: RecordedRequest, sent: dict[str, Any]) -> bool:
+        if self.provider == "huggingface" and urlsplit(request.path).path.endswith("_stream"):
+            return True  # TGI's /generate_stream
+        return sent.get("stream") is True
+
+    def _too_long(self, prompt: int, reply_tokens: int) -> str:
+        window = self.window
+        if self.provider == "openai":
+            if not reply_tokens:
+                return (
+                    f"This model's maximum context length is {window} tokens. However, your "
+                    f"messages resulted in {prompt} tokens. Please reduce the length of the "
+                    "messages."
+                )
+            return (
+                f"This model's maximum context length is {window} tokens. However, you "
+                f"requested {prompt + reply_tokens} tokens ({prompt} in the messages, "
+                f"{reply_tokens} in the completion). Please reduce the length of the messages "
+                "or completion."
+            )
+        if self.provider == "anthropic":
+            if prompt > window:
+                return f"prompt is too long: {prompt} tokens > {window} maximum"
+            return (
+                f"input length and `max_tokens` exceed context limit: {prompt} + {reply_tokens} "
+                f"> {window}, decrease input length or `max_tokens` and try again"
+            )
+        return (
+            f"Input validation error: `inputs` tokens + `max_new_tokens` must be <= {window}. "
+            f"Given: {prompt} `inputs` tokens and {reply_tokens} `max_new_tokens`"
+        )
+
+    def _error_status(self, message: str) -> Reply:
+        if self.provider == "openai":
+            return openai_error(400, message, param="messages", code="context_length_exceeded")
+        if self.provider == "anthropic":
+            return anthropic_error(400, "invalid_request_error", message)
+        return huggingface_error(422, message, "validation")
+
+    def _error_event(self, message: str) -> bytes:
+        if self.provider == "openai":
+            return openai_stream_error(
+                message, kind="invalid_request_error", code="context_length_exceeded"
+            )
+        if self.provider == "anthropic":
+            return anthropic_stream_error("invalid_request_error", message)
+        return tgi_stream_error(message, "validation")
+
+    def _answer(self, request: RecordedRequest, prompt: int, streaming: bool) -> Reply:
+        pieces = _stub_pieces(self.answer)
+        counts = (prompt, len(pieces))
+        sent = request.json
+        if self.provider == "openai":
+            if not streaming:
+                return json_reply(openai_body(self.answer, usage=counts))
+            asks_usage = (sent.get("stream_options") or {}).get("include_usage") is True
+            return streamed([openai_stream(*pieces, usage=counts if asks_usage else None)])
+        if self.provider == "anthropic":
+            if not streaming:
+                return json_reply(anthropic_body(self.answer, usage=counts))
+            return streamed(
+                [anthropic_stream(*pieces, input_tokens=prompt, output_tokens=len(pieces))]
+            )
+        if not streaming:  # TGI counts nothing in a whole answer unless asked for details
+            as_list = not urlsplit(request.path).path.endswith("/generate")
+            return json_reply(huggingface_body(self.answer, as_list=as_list))
+        return streamed([tgi_stream(*pieces, input_length=prompt)])
+
+
+def windowed(
+    provider: WindowedProvider,
+    window: int,
+    *,
+    answer: str = "Two plus two is four.",
+    in_band: bool = False,
+) -> WindowedModel:
+    """A stand-in for `provider`'s model with a context window of `window` tokens: see
+    WindowedModel. Plan it, or make it the stub's default, like any Responder."""
+    return WindowedModel(provider, window, answer=answer, in_band=in_band)
+
+
+def _content_text(content: object) -> str:
+    """A message's text: a string, or (OpenAI and Anthropic content parts) its text parts."""
+    if isinstance(content, str):
+        return content
+    parts = content if isinstance(content, list) else []
+    return " ".join(part.get("text", "") for part in parts if isinstance(part, dict))
