@@ -4,7 +4,17 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from entrypoints.config import _SCHEMA, ConfigError, RateLimit, Settings, describe, load_settings
+from entrypoints.config import (
+    _SCHEMA,
+    ConfigError,
+    LlmSettings,
+    ModelSettings,
+    NamedModel,
+    RateLimit,
+    Settings,
+    describe,
+    load_settings,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -197,3 +207,245 @@ def test_secrets_are_never_quoted_in_errors(tmp_path: Path) -> None:
     assert "hunter2" not in error_for(bad_redis)
     bad_token = write(tmp_path, "[auth]\ntokens = good, zq9 tok3n\n")
     assert "tok3n" not in error_for(bad_token)
+
+
+def test_booleans_and_choices_read_as_before(tmp_path: Path) -> None:
+    path = write(tmp_path, "[cleanup]\nenabled = Off\n[llm]\nprovider = ECHO\n")
+    settings = load_settings(path, {})
+    assert settings.cleanup.enabled is False
+    assert settings.llm.provider == "echo"
+    for text, expected in [("yes", True), ("ON", True), ("1", True), ("no", False), ("0", False)]:
+        assert load_settings(path, {"CHAT_CLEANUP_ENABLED": text}).cleanup.enabled is expected
+
+
+def test_a_mistake_in_a_key_names_its_line(tmp_path: Path) -> None:
+    text = "# comment\n[server]\nhost = a\n  continued\n\nport = 70000\n"
+    assert error_for(write(tmp_path, text)).startswith(f"{tmp_path / 'config.ini'} line 6 [server]")
+
+
+TWO_FALLBACKS = """\
+[llm]
+provider = huggingface
+api_url = https://api-inference.huggingface.co/models/mistralai/Mistral-7B-Instruct-v0.2
+context_tokens = 32768
+timeout_seconds = 5
+temperature = 0.2
+name = mistral
+system_prompt = Be brief.
+fallbacks = local, claude
+cooldown_seconds = 10
+cooldown_failures = 2
+
+[llm.claude]
+provider = anthropic
+api_url = https://api.anthropic.com
+model = claude-sonnet-4-5
+max_tokens = 1024
+context_tokens = 200000
+
+[llm.local]
+provider = openai
+api_url = http://127.0.0.1:11434/v1
+model = llama3.2
+"""
+
+
+def test_fallback_sections_are_read_in_the_order_fallbacks_lists_them(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, TWO_FALLBACKS), {})
+    assert settings.llm.name == "mistral"
+    assert settings.llm.context_tokens == 32768
+    assert (settings.llm.cooldown_seconds, settings.llm.cooldown_failures) == (10.0, 2)
+    assert [model.name for model in settings.models()] == ["mistral", "local", "claude"]
+    assert settings.models()[0] == NamedModel("mistral", settings.llm)
+    claude = settings.fallback_models[1].settings
+    assert type(claude) is ModelSettings
+    assert (claude.provider, claude.model, claude.max_tokens) == (
+        "anthropic",
+        "claude-sonnet-4-5",
+        1024,
+    )
+    assert claude.context_tokens == 200000
+
+
+def test_a_fallback_takes_the_schemas_defaults_not_the_primarys(tmp_path: Path) -> None:
+    local = load_settings(write(tmp_path, TWO_FALLBACKS), {}).fallback_models[0].settings
+    assert local == ModelSettings(
+        provider="openai", api_url="http://127.0.0.1:11434/v1", model="llama3.2"
+    )
+    assert (local.timeout_seconds, local.temperature, local.context_tokens) == (60.0, 0.7, 0)
+
+
+def test_without_fallbacks_the_primary_is_the_only_model() -> None:
+    settings = Settings()
+    assert settings.models() == (NamedModel("primary", settings.llm),)
+    assert "fallbacks=none" in describe(settings, "-")
+
+
+def test_the_startup_line_names_the_fallbacks_without_secrets(tmp_path: Path) -> None:
+    path = write(tmp_path, TWO_FALLBACKS + "api_key = sk-local-secret\n")
+    line = describe(load_settings(path, {"CHAT_LLM_CLAUDE_API_KEY": "sk-ant-secret"}), "-")
+    assert "fallbacks=local(openai),claude(anthropic)" in line
+    assert "secret" not in line
+
+
+def test_a_fallback_can_be_configured_by_variables_alone(tmp_path: Path) -> None:
+    settings = load_settings(
+        write(tmp_path, ""),
+        {
+            "CHAT_LLM_FALLBACKS": "claude",
+            "CHAT_LLM_CLAUDE_PROVIDER": "anthropic",
+            "CHAT_LLM_CLAUDE_API_URL": "https://api.anthropic.com",
+            "CHAT_LLM_CLAUDE_API_KEY": "sk-ant",
+            "CHAT_LLM_CLAUDE_MODEL": "claude-sonnet-4-5",
+        },
+    )
+    assert settings.llm.fallbacks == ("claude",)
+    (claude,) = settings.fallback_models
+    assert (claude.name, claude.settings.provider, claude.settings.api_key) == (
+        "claude",
+        "anthropic",
+        "sk-ant",
+    )
+
+
+def test_a_variable_overrides_a_fallback_sections_key(tmp_path: Path) -> None:
+    text = "[llm]\nfallbacks = gpt-4o\n[llm.gpt-4o]\nprovider = openai\napi_url = https://a\n"
+    path = write(tmp_path, text)
+    settings = load_settings(path, {"CHAT_LLM_GPT_4O_MODEL": "gpt-4o", "CHAT_LLM_MODEL": "x"})
+    assert settings.fallback_models[0].settings.model == "gpt-4o"
+    assert settings.llm.model == "x"
+    message = error_for(path, {"CHAT_LLM_GPT_4O_MAX_RETRIES": "many"})
+    assert message == (
+        "environment CHAT_LLM_GPT_4O_MAX_RETRIES ([llm.gpt-4o] max_retries): "
+        "'many' is not an integer"
+    )
+
+
+def test_fallbacks_from_a_variable_replace_the_files(tmp_path: Path) -> None:
+    settings = load_settings(
+        write(tmp_path, TWO_FALLBACKS), {"CHAT_LLM_FALLBACKS": "claude, local"}
+    )
+    assert [model.name for model in settings.fallback_models] == ["claude", "local"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "[llm]\nfallbacks = claude\n",
+            "line 2 [llm] fallbacks: 'claude' has no section: add [llm.claude] to the file or "
+            "set its variables (CHAT_LLM_CLAUDE_PROVIDER, ...)",
+        ),
+        (
+            "[llm]\nfallbacks = a\n[llm.a]\n[llm.b]\n",
+            "line 4 [llm.b]: not in [llm] fallbacks; list it there or remove the section",
+        ),
+        ("[llm]\nfallbacks = a b\n", "line 2 [llm] fallbacks: 'a b' is not a model name"),
+        ("[llm]\nfallbacks = -a\n", "line 2 [llm] fallbacks: '-a' is not a model name"),
+        ("[llm]\nfallbacks = a, " + "x" * 65 + "\n", "[llm] fallbacks: 'xxxx"),
+        ("[llm]\nname = my model\n", "line 2 [llm] name: 'my model' is not a model name"),
+        ("[llm]\nfallbacks = default\n", "[llm] fallbacks: 'default' is reserved"),
+        ("[llm]\nname = default\n", "[llm] name: 'default' is reserved"),
+        ("[llm]\nfallbacks = primary\n", "[llm] fallbacks: 'primary' is the primary's name"),
+        ("[llm]\nname = a\nfallbacks = b, a\n", "[llm] fallbacks: 'a' is the primary's name"),
+        ("[llm]\nfallbacks = a, b, a\n", "[llm] fallbacks: 'a' is listed twice"),
+        (
+            "[llm]\nfallbacks = a\n[llm.a]\nprovider = openai\n",
+            "line 3 [llm.a] api_url: required for provider 'openai'",
+        ),
+        (
+            "[llm]\nfallbacks = a\n[llm.a]\nprovider = anthropic\napi_url = https://x\n",
+            "line 3 [llm.a] model: required for provider 'anthropic'",
+        ),
+        (
+            "[llm]\nfallbacks = a\n[llm.a]\nsystem_prompt = Be brief.\n",
+            "line 4 [llm.a] system_prompt: a key of [llm] only, not of a fallback's section; "
+            "unknown key (expected one of provider, api_url",
+        ),
+        ("[llm]\nfallbacks = a\n[llm.a]\nmodle = x\n", "line 4 [llm.a] modle: unknown key"),
+        ("[llm]\nfallbacks = a\n[llm.a]\nexact_url = true\n", "[llm.a] exact_url: unknown key"),
+        ("[llm]\nexact_url = true\n", "line 2 [llm] exact_url: unknown key"),
+        (
+            "[llm]\nfallbacks = a\n[llm.a]\ntemperature = 3\n",
+            "line 4 [llm.a] temperature: 3 is out of range (must be <= 2.0)",
+        ),
+        (
+            "[llm]\nfallbacks = a\n[llm.a]\nprovider = gpt\n",
+            "line 4 [llm.a] provider: 'gpt' is not one of echo, openai, huggingface, anthropic",
+        ),
+        (
+            "[llm]\nfallbacks = a\n[llm.a]\napi_url = example.com\n",
+            "line 4 [llm.a] api_url: must be an http:// or https:// URL",
+        ),
+        ("[llm]\ncontext_tokens = -1\n", "[llm] context_tokens: -1 is out of range (must be >= 0)"),
+        ("[llm]\ncooldown_seconds = 0\n", "[llm] cooldown_seconds: 0 is out of range (must be > 0"),
+        ("[llm]\ncooldown_failures = 0\n", "[llm] cooldown_failures: 0 is out of range"),
+        ("[llm]\ncooldown_failures = 1001\n", "[llm] cooldown_failures: 1001 is out of range"),
+        ("[llm.a]\n", "line 1 [llm.a]: not in [llm] fallbacks"),
+        ("[llms]\n", "line 1 [llms]: unknown section"),
+    ],
+)
+def test_a_fallback_mistake_names_file_line_section_key_and_problem(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    path = write(tmp_path, text)
+    message = error_for(path)
+    assert message.startswith(f"{path} ")
+    assert expected in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("fallbacks", "expected"),
+    [
+        (
+            "gpt-4o, gpt_4o",
+            "'gpt_4o' makes CHAT_LLM_GPT_4O_PROVIDER the variable of both "
+            "[llm.gpt-4o] provider and [llm.gpt_4o] provider; rename 'gpt_4o'",
+        ),
+        (
+            "Claude, claude",
+            "'claude' makes CHAT_LLM_CLAUDE_PROVIDER the variable of both "
+            "[llm.Claude] provider and [llm.claude] provider; rename 'claude'",
+        ),
+    ],
+)
+def test_names_whose_variables_would_be_the_same_are_refused(
+    tmp_path: Path, fallbacks: str, expected: str
+) -> None:
+    path = write(tmp_path, "")
+    message = error_for(path, {"CHAT_LLM_FALLBACKS": fallbacks})
+    assert message == f"environment CHAT_LLM_FALLBACKS ([llm] fallbacks): {expected}"
+
+
+def test_a_name_whose_variables_would_be_llms_own_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No name collides with today's [llm] keys; a key named <name>_<key> would.
+    monkeypatch.setitem(_SCHEMA["llm"], "backup_model", _SCHEMA["llm"]["model"])
+    path = write(tmp_path, "[llm]\nfallbacks = backup\n[llm.backup]\n")
+    assert error_for(path) == (
+        f"{path} line 2 [llm] fallbacks: 'backup' makes CHAT_LLM_BACKUP_MODEL the variable of "
+        "both [llm] backup_model and [llm.backup] model; rename 'backup'"
+    )
+
+
+def test_a_fallbacks_secrets_are_never_quoted_in_errors(tmp_path: Path) -> None:
+    secret = "sk-live-0123456789"
+    listed = "[llm]\nfallbacks = a\n[llm.a]\n"
+    for text in [
+        f"{listed}provider = openai\napi_key = {secret}\n",  # api_url missing
+        f"{listed}api-key = {secret}\n",  # a misspelt key
+        f"[llm.b]\napi_key = {secret}\n",  # a section not listed
+    ]:
+        assert secret not in error_for(write(tmp_path, text))
+    environ = {"CHAT_LLM_FALLBACKS": "a", "CHAT_LLM_A_API_KEY": secret, "CHAT_LLM_A_PROVIDER": "x"}
+    assert secret not in error_for(write(tmp_path, ""), environ)
+
+
+def test_the_seeds_format_has_no_fallbacks(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, SEED_CONFIG), {})
+    assert settings.fallback_models == ()
+    assert [model.name for model in settings.models()] == ["primary"]
+    assert isinstance(settings.llm, LlmSettings)
+    assert "hf_secret_token" not in describe(settings, "-")
