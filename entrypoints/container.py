@@ -1,7 +1,7 @@
 """The composition root: the only place where settings choose the real adapters."""
 
 import inspect
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,14 +20,17 @@ from adapters.llm.huggingface import HuggingFaceModel
 from adapters.llm.openai import OpenAIChatModel, chat_completions_url
 from adapters.memory_coordination import MemoryJobLock, MemoryRateLimiter
 from adapters.memory_history import MemoryHistory
+from adapters.memory_model_health import MemoryModelHealth
 from adapters.memory_reply_log import MemoryReplyLog
 from adapters.redis_client import connect
 from adapters.redis_coordination import RedisJobLock, RedisRateLimiter
 from adapters.redis_history import RedisHistory
+from adapters.redis_model_health import RedisModelHealth
 from adapters.redis_reply_log import RedisReplyLog
 from application.attach_reply import AttachReply
 from application.delete_history import DeleteHistory
-from application.ports import ChatHistory, JobLock, RateLimiter
+from application.model_routing import ModelRoute, ModelRouter
+from application.ports import ChatHistory, JobLock, LanguageModel, RateLimiter
 from application.purge_histories import PurgeHistories
 from application.reply_publisher import LEASE_SECONDS
 from application.request_leases import RequestLeases
@@ -35,7 +38,7 @@ from application.send_message import SendMessage
 from application.show_history import ShowHistory
 from application.stop_reply import StopReply
 from application.stream_message import StreamMessage
-from entrypoints.config import MEMORY_URL, LlmSettings, RedisSettings, Settings, redis_location
+from entrypoints.config import MEMORY_URL, ModelSettings, RedisSettings, Settings, redis_location
 from entrypoints.http.errors import status_of
 
 
@@ -70,11 +73,22 @@ async def _provider_transport() -> AsyncIterator[httpx.AsyncBaseTransport]:
         await transport.aclose()
 
 
-def _longest_request_seconds(policy: RetryPolicy) -> float:
-    """How long one request can take: every provider attempt at its deadline, the longest
-    wait between them, and room for the store's own timeouts and retries."""
+def _retry_policy(model: ModelSettings) -> RetryPolicy:
+    return RetryPolicy(max_retries=model.max_retries, timeout_seconds=model.timeout_seconds)
+
+
+def _call_seconds(model: ModelSettings) -> float:
+    """How long one call to a model can take: every attempt at its deadline, and the
+    longest wait between them."""
+    policy = _retry_policy(model)
     waits = max(policy.retry_after_cap, policy.backoff_cap)
-    return (policy.max_retries + 1) * policy.timeout_seconds + policy.max_retries * waits + 20
+    return (policy.max_retries + 1) * policy.timeout_seconds + policy.max_retries * waits
+
+
+def _longest_request_seconds(settings: Settings) -> float:
+    """Every model asked in turn, each for as long as a call can take, and room for the
+    store's own timeouts and retries."""
+    return sum(_call_seconds(model.settings) for model in settings.models()) + 20
 
 
 def _store_location(redis: RedisSettings, url: str) -> str:
@@ -91,19 +105,55 @@ def _limiter_kind(settings: Settings) -> str:
     return _store_kind(settings.redis) if settings.auth.rate_limit else "off"
 
 
-def _provider_name(llm: LlmSettings) -> str:
-    # Not `settings.provided.llm.provider`: AttributeGetter has a `.provider` of its own.
-    return llm.provider
+def _provider_url(model: ModelSettings) -> str:
+    if model.exact_url or model.provider == "huggingface":
+        return model.api_url
+    if model.provider == "anthropic":
+        return messages_url(model.api_url)
+    return chat_completions_url(model.api_url)
 
 
-def _provider_url(llm: LlmSettings) -> str:
-    if llm.exact_url or llm.provider == "huggingface":
-        return llm.api_url
-    return (
-        messages_url(llm.api_url)
-        if llm.provider == "anthropic"
-        else chat_completions_url(llm.api_url)
-    )
+def _language_model(
+    model: ModelSettings, transport: httpx.AsyncBaseTransport | None
+) -> LanguageModel:
+    if model.provider == "echo" or transport is None:
+        return EchoModel(word_seconds=model.echo_word_seconds)
+    url, policy, key = _provider_url(model), _retry_policy(model), model.api_key
+    if model.provider == "anthropic":
+        assert model.max_tokens is not None  # the config requires it
+        return AnthropicModel(
+            transport, url=url, api_key=key, model=model.model, max_tokens=model.max_tokens,
+            temperature=model.temperature, policy=policy,
+        )  # fmt: skip
+    if model.provider == "huggingface":
+        return HuggingFaceModel(
+            transport, url=url, api_key=key, max_tokens=model.max_tokens,
+            temperature=model.temperature, policy=policy,
+        )  # fmt: skip
+    return OpenAIChatModel(
+        transport, url=url, api_key=key, model=model.model, max_tokens=model.max_tokens,
+        temperature=model.temperature, policy=policy,
+        max_tokens_parameter=model.max_tokens_parameter,
+    )  # fmt: skip
+
+
+async def _model_routes(
+    settings: Settings, transport: Callable[[], Awaitable[httpx.AsyncBaseTransport]]
+) -> list[ModelRoute]:
+    """Every configured model in order; the HTTP client is opened only if one is remote."""
+    models = settings.models()
+    remote = any(model.settings.provider != "echo" for model in models)
+    client = await transport() if remote else None
+    return [
+        ModelRoute(
+            model.name,
+            _language_model(model.settings, client),
+            context_tokens=model.settings.context_tokens,
+            max_tokens=model.settings.max_tokens,
+            call_seconds=_call_seconds(model.settings),
+        )
+        for model in models
+    ]
 
 
 class Container(containers.DeclarativeContainer):
@@ -168,57 +218,50 @@ class Container(containers.DeclarativeContainer):
         ),
     )
 
-    retry_policy = providers.Singleton(
-        RetryPolicy, max_retries=llm.max_retries, timeout_seconds=llm.timeout_seconds
-    )
-    provider_url = providers.Callable(_provider_url, llm)
-    # What every remote provider's adapter takes, besides the shared HTTP client.
-    remote = dict(  # noqa: RUF012
-        url=provider_url,
-        api_key=llm.api_key,
-        max_tokens=llm.max_tokens,
-        temperature=llm.temperature,
-        policy=retry_policy,
-    )
-    language_model = providers.Selector(
-        providers.Callable(_provider_name, llm),
-        echo=providers.Singleton(EchoModel, word_seconds=llm.echo_word_seconds),
-        openai=providers.Singleton(
-            OpenAIChatModel,
-            provider_transport,
-            model=llm.model,
-            max_tokens_parameter=llm.max_tokens_parameter,
-            **remote,
+    model_health = providers.Selector(
+        store_kind,
+        memory=providers.Singleton(
+            MemoryModelHealth,
+            cooldown_seconds=llm.cooldown_seconds,
+            cooldown_failures=llm.cooldown_failures,
         ),
-        anthropic=providers.Singleton(
-            AnthropicModel, provider_transport, model=llm.model, **remote
+        redis=providers.Singleton(
+            RedisModelHealth,
+            redis_client,
+            key_prefix=redis_settings.key_prefix,
+            cooldown_seconds=llm.cooldown_seconds,
+            cooldown_failures=llm.cooldown_failures,
         ),
-        huggingface=providers.Singleton(HuggingFaceModel, provider_transport, **remote),
+    )
+    model_routes = providers.Coroutine(_model_routes, settings, provider_transport.provider)
+    models = providers.Singleton(
+        ModelRouter,
+        model_routes,
+        model_health,
+        system_prompt=llm.system_prompt,
     )
 
     leases = providers.Singleton(
         RequestLeases,
         history,
-        in_flight_seconds=providers.Callable(_longest_request_seconds, retry_policy),
+        in_flight_seconds=providers.Callable(_longest_request_seconds, settings),
     )
     send_message = providers.Singleton(
         SendMessage,
         history,
-        language_model,
+        models,
         max_message_chars=settings.provided.history.max_message_chars,
-        system_prompt=llm.system_prompt,
         leases=leases,
     )
     attach_reply = providers.Singleton(AttachReply, reply_log)
     stream_message = providers.Singleton(
         StreamMessage,
         history,
-        language_model,
+        models,
         reply_log,
         max_message_chars=settings.provided.history.max_message_chars,
         failure_status=providers.Object(status_of),
         attach=attach_reply,
-        system_prompt=llm.system_prompt,
         on_disconnect=llm.stream_on_disconnect,
         leases=leases,
     )
@@ -258,6 +301,7 @@ class Services:
     show_history: ShowHistory
     delete_history: DeleteHistory
     history: ChatHistory
+    models: ModelRouter
     store_location: str  # where the history store is, for logs and /ready (no password)
     job_lock: JobLock
     rate_limiter: RateLimiter | None
@@ -279,6 +323,7 @@ class Services:
             show_history=await get(container.show_history),
             delete_history=await get(container.delete_history),
             history=await get(container.history),
+            models=await get(container.models),
             store_location=await get(container.store_location),
             job_lock=await get(container.job_lock),
             rate_limiter=await get(container.rate_limiter),

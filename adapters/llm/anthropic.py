@@ -129,7 +129,7 @@ class AnthropicModel:
         usage = answer.usage or _Usage()
         return Answer(text, _counted(usage.input_tokens, usage.output_tokens))
 
-    def stream(self, conversation: Conversation) -> AsyncIterator[str | Usage]:
+    def stream(self, conversation: Conversation) -> AsyncGenerator[str | Usage, None]:
         body = self._encode(self._request(conversation, streaming=True))
         return self._endpoint.stream(body, self._read)
 

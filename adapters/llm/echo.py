@@ -2,7 +2,7 @@
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from domain.answer import Answer, Usage
 from domain.conversation import Conversation
@@ -27,7 +27,7 @@ class EchoModel:
     async def reply(self, conversation: Conversation) -> Answer:
         return Answer(self._text(conversation))
 
-    async def stream(self, conversation: Conversation) -> AsyncIterator[str | Usage]:
+    async def stream(self, conversation: Conversation) -> AsyncGenerator[str | Usage, None]:
         for index, word in enumerate(_WORD.findall(self._text(conversation))):
             if index and self._word_seconds:
                 await asyncio.sleep(self._word_seconds)

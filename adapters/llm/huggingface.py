@@ -149,7 +149,7 @@ class HuggingFaceModel:
         text = self._endpoint.usable_text(answer.generated_text.removeprefix(prompt).strip())
         return Answer(text, answer.details.counted() if answer.details else None)
 
-    def stream(self, conversation: Conversation) -> AsyncIterator[str | Usage]:
+    def stream(self, conversation: Conversation) -> AsyncGenerator[str | Usage, None]:
         request = _Request(mistral_prompt(conversation), self._parameters, self._asks_stream)
         return self._endpoint.stream(self._encode(request), self._read)
 

@@ -154,7 +154,7 @@ class OpenAIChatModel:
             return Answer(self._endpoint.usable_text(None), usage)
         return Answer(self._endpoint.usable_text(answer.choices[0].message.content), usage)
 
-    async def stream(self, conversation: Conversation) -> AsyncIterator[str | Usage]:
+    async def stream(self, conversation: Conversation) -> AsyncGenerator[str | Usage, None]:
         """A refusal comes before the first delta, so a resend never repeats text."""
         messages = _messages(conversation)
         while True:

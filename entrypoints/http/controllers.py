@@ -1,7 +1,7 @@
 """Routes. Handlers translate HTTP to use-case calls and back; the rules live in application/."""
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, Request, delete, get, post
@@ -59,9 +59,19 @@ class Status(msgspec.Struct):
     status: str
 
 
+class ModelState(msgspec.Struct, omit_defaults=True):
+    """A configured model's state. cooling_down: it kept failing, so it is skipped for
+    retry_in_seconds; at 0 the next request that reaches it probes it."""
+
+    name: str
+    state: Literal["up", "cooling_down"]
+    retry_in_seconds: float | None = None
+
+
 class Readiness(msgspec.Struct):
     status: str
     store: str  # where the service looked: host and port or socket, never a password
+    models: list[ModelState]  # in the order they are asked; a cooling one is not unready
 
 
 def error_spec(description: str) -> ResponseSpec:
@@ -176,7 +186,7 @@ async def health() -> Status:
 
 @get(
     "/ready",
-    summary="Readiness: the history store answers",
+    summary="Readiness: the history store answers; each model's state",
     tags=["operations"],
     responses={
         200: ResponseSpec(data_container=Readiness, description="The history store answers"),
@@ -189,4 +199,10 @@ async def ready(services: NamedDependency[Services]) -> Response[Readiness] | Re
         await services.history.ping()
     except HistoryUnavailable:
         return problem(503, f"history store not ready: {services.store_location} did not answer")
-    return Response(Readiness("ok", services.store_location))
+    models = [
+        ModelState(name, "up")
+        if not (status.cooling_seconds or status.probing)
+        else ModelState(name, "cooling_down", round(status.cooling_seconds, 1))
+        for name, status in await services.models.statuses()
+    ]
+    return Response(Readiness("ok", services.store_location, models))

@@ -53,10 +53,11 @@ _HEADERS = [
 EVENTS_DESCRIPTION = f"""\
 Server-Sent Events, each with an `id` and JSON `data`, in this order:
 `session` `{{"session_id"}}`; `delta` `{{"text"}}` zero or more times (concatenated, the
-reply); then exactly one of `done` `{{"session_id", "response", "usage", "stopped"?}}`, sent
-once the exchange is stored, or `error` `{{"status_code", "detail"}}`, after which nothing of
-it is stored. A `: keep-alive` comment goes out every {KEEP_ALIVE_SECONDS:g} s while nothing
-else does. Re-attach with GET /chat/{{session_id}}/stream and `Last-Event-ID`."""
+reply); then exactly one of `done` `{{"session_id", "response", "usage", "model",
+"stopped"?}}` (`model`: the configured model that answered), sent once the exchange is
+stored, or `error` `{{"status_code", "detail"}}`, after which nothing of it is stored.
+A `: keep-alive` comment goes out every {KEEP_ALIVE_SECONDS:g} s while nothing else does.
+Re-attach with GET /chat/{{session_id}}/stream and `Last-Event-ID`."""
 
 
 async def _frames(streamed: Streamed) -> AsyncIterator[bytes]:

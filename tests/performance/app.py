@@ -63,12 +63,12 @@ def create_app() -> Litestar:
     resolved: list[LanguageModel] = []
 
     async def language_model() -> LanguageModel:
-        """The container's singleton, i.e. the instance SendMessage uses (resolved by the
-        lifespan with the shared httpx client); dependency-injector may hand it back
-        wrapped in an awaitable."""
+        """The primary model's adapter, on the process's shared HTTP client; dependency-
+        injector may hand the routes back wrapped in an awaitable."""
         if not resolved:
-            model: Any = container.language_model()
-            resolved.append(await model if inspect.isawaitable(model) else model)
+            routes: Any = container.model_routes()
+            routes = await routes if inspect.isawaitable(routes) else routes
+            resolved.append(routes[0].model)
         return resolved[0]
 
     @post("/bench/noop", status_code=200, include_in_schema=False)

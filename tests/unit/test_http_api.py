@@ -11,6 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from adapters.memory_history import MemoryHistory
 from application.errors import HistoryUnavailable, ModelTimeout
+from application.model_routing import ModelRoute
 from domain.message import Message
 from domain.session import SessionKey
 from entrypoints.asgi import create_app
@@ -58,7 +59,7 @@ async def serve(
     config: Settings, model: ScriptedModel, history: MemoryHistory | None = None
 ) -> AsyncIterator[Client]:
     container = Container(settings=config)
-    container.language_model.override(providers.Object(model))
+    container.model_routes.override(providers.Object([ModelRoute("primary", model)]))
     if history is not None:
         container.history.override(providers.Object(history))
     async with AsyncTestClient(create_app(config, container)) as client:
@@ -87,6 +88,7 @@ async def test_chat_round_trip_and_history(client: Client) -> None:
         "session_id": session_id,
         "response": "reply-2: More",
         "usage": {"input_tokens": 7, "output_tokens": 4, "source": "estimate"},
+        "model": "primary",
     }
 
     shown = await client.get(f"/chat/{session_id}")
@@ -99,6 +101,7 @@ async def test_chat_round_trip_and_history(client: Client) -> None:
         ("assistant", "reply-2: More"),
     ]
     assert messages[0]["created_at"].endswith("Z")
+    assert [m.get("model") for m in messages] == [None, "primary", None, "primary"]
 
     assert (await client.delete(f"/chat/{session_id}")).status_code == 204
     assert (await client.delete(f"/chat/{session_id}")).status_code == 204
@@ -190,7 +193,11 @@ async def test_store_down_is_a_503_and_ready_names_it(model: ScriptedModel) -> N
 
 async def test_ready_says_where_it_looked(client: Client) -> None:
     ready = await client.get("/ready")
-    assert ready.json() == {"status": "ok", "store": "the in-memory store"}
+    assert ready.json() == {
+        "status": "ok",
+        "store": "the in-memory store",
+        "models": [{"name": "primary", "state": "up"}],
+    }
 
 
 async def test_cors_lets_the_configured_origins_call_the_api(model: ScriptedModel) -> None:

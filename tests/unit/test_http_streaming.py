@@ -10,6 +10,7 @@ from dependency_injector import providers
 from litestar.testing import AsyncTestClient
 
 from application.errors import ModelTimeout
+from application.model_routing import ModelRoute
 from domain.answer import Usage
 from entrypoints.asgi import create_app
 from entrypoints.container import Container
@@ -46,7 +47,7 @@ def model() -> StreamingModel:
 async def client(model: StreamingModel) -> AsyncIterator[Client]:
     config = settings()
     container = Container(settings=config)
-    container.language_model.override(providers.Object(model))
+    container.model_routes.override(providers.Object([ModelRoute("primary", model)]))
     async with AsyncTestClient(create_app(config, container)) as client:
         yield client
 
@@ -137,7 +138,7 @@ async def test_bad_input_is_refused_as_json_before_anything_streams(
 async def test_a_store_down_is_503_before_anything_streams(model: StreamingModel) -> None:
     config = settings()
     container = Container(settings=config)
-    container.language_model.override(providers.Object(model))
+    container.model_routes.override(providers.Object([ModelRoute("primary", model)]))
     container.history.override(providers.Object(DownHistory()))
     async with AsyncTestClient(create_app(config, container)) as client:
         response = await client.post("/chat/stream", json={"message": "hi"})
@@ -176,7 +177,7 @@ async def test_a_quiet_stream_sends_keep_alive_comments(monkeypatch: pytest.Monk
     monkeypatch.setattr(streams, "KEEP_ALIVE_SECONDS", 0.05)
     config = settings()
     container = Container(settings=config)
-    container.language_model.override(providers.Object(PausingModel()))
+    container.model_routes.override(providers.Object([ModelRoute("primary", PausingModel())]))
     async with AsyncTestClient(create_app(config, container)) as client:
         response = await client.post("/chat/stream", json={"message": "hi"})
 
