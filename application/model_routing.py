@@ -80,9 +80,11 @@ class ModelRouter:
       provider counted, then handed on. A request the provider rejected as such (another
       4xx) is not: no model is asked again, and the client is told.
     - A stream is handed on only before its first text: the client shows it from then on.
-    - A model that keeps failing is skipped while it cools down (ModelHealth, shared by
-      every worker); after that, one request at a time probes it, and a success lets it
-      back in. When every model is cooling down, a request fails at once.
+    - A model that keeps failing goes to the end of the line while it cools down
+      (ModelHealth, shared by every worker): asked only once every other model has failed,
+      so a dead primary costs nothing while a fallback answers, and a lone model is still
+      tried by every request. After the cooldown, one request at a time probes it in its
+      place, and a success puts it back.
     - This process's view of the shared health and calibration is refreshed in the
       background at most every refresh_seconds: no request waits for it, and a store that
       fails leaves the last view in place.
@@ -155,7 +157,10 @@ class ModelRouter:
             self._calibrate(route, conversation, answer.usage)
             usage = answer.usage or estimate_usage(prompt_texts(conversation), answer.text)
             return Answer(answer.text, usage, route.name)
-        raise self._exhausted(failures)
+        try:
+            raise self._exhausted(failures)
+        finally:
+            failures.clear()  # the error's traceback holds this frame: no cycle through it
 
     async def stream(self, history: Sequence[Message], question: Message) -> OpenedStream:
         """The first model's stream that writes text, once it has."""
@@ -175,7 +180,10 @@ class ModelRouter:
                 continue
             await self._succeeded(route)
             return opened
-        raise self._exhausted(failures)
+        try:
+            raise self._exhausted(failures)
+        finally:
+            failures.clear()  # the error's traceback holds this frame: no cycle through it
 
     async def statuses(self) -> list[tuple[str, ModelStatus]]:
         """Each model's shared status, read now (the last view if the store fails)."""
@@ -198,9 +206,10 @@ class ModelRouter:
     async def _attempts(
         self, history: Sequence[Message], question: Message
     ) -> AsyncIterator[tuple[ModelRoute, Conversation]]:
-        """The models to ask, in order, each with what it is sent: one cooling down is
-        skipped; one whose cooldown ran out only when this request wins its probe."""
+        """The models to ask, in order, each with what it is sent (none it cannot fit): one
+        cooling down, or whose probe another request holds, after all the others."""
         self._maybe_refresh()
+        later = []
         for route in self._routes:
             conversation = fit_conversation(
                 self._system_prompt,
@@ -209,8 +218,14 @@ class ModelRouter:
                 budget=self._budget(route),
                 estimate=self._estimate(route),
             )
-            if conversation is not None and await self._may_ask(route):
+            if conversation is None:
+                continue
+            if await self._may_ask(route):
                 yield route, conversation
+            else:
+                later.append((route, conversation))
+        for attempt in later:
+            yield attempt
 
     async def _may_ask(self, route: ModelRoute) -> bool:
         seen = self._seen.get(route.name, _UP)
@@ -363,14 +378,6 @@ class ModelRouter:
         """What the client is told when no model answered."""
         if len(failures) == 1:
             return failures[0][1]
-        if not failures:
-            now = self._clock()
-            ends = (s.cooling_until for s in self._seen.values() if s.cooling_until is not None)
-            wait = min((end - now for end in ends if end > now), default=0.0)
-            return ModelUnavailable(
-                "every model is cooling down after repeated failures; the next is tried "
-                f"again in {math.ceil(wait)} s"
-            )
         said = "; ".join(f"{name}: {error}" for name, error in failures)
         if all(isinstance(error, ModelTimeout) for _, error in failures):
             return ModelTimeout(f"every model timed out: {said}")

@@ -75,6 +75,7 @@ def test_a_multi_turn_conversation_reaches_the_provider_whole_and_is_stored(
             "session_id": session_id,
             "response": "You are Ada.",
             "usage": {"input_tokens": 31, "output_tokens": 4, "source": "provider"},
+            "model": "primary",
         }
         padded = {"session_id": f"  {session_id}\t", "message": "Bye."}
         third = service.expect(http.post("/chat/", json=padded), 200)

@@ -384,7 +384,11 @@ def test_redis_down_is_503_within_seconds_and_the_same_service_recovers(
 
             redis.start()  # same port, same append-only file
             ready = service.expect(http.get("/ready"), 200)
-            assert ready == {"status": "ok", "store": f"redis at 127.0.0.1:{redis.port}"}
+            assert ready == {
+                "status": "ok",
+                "store": f"redis at 127.0.0.1:{redis.port}",
+                "models": [{"name": "primary", "state": "up"}],
+            }
             assert _history(service, http, "outage") == before
             after = {"session_id": "outage", "message": "back again"}
             service.expect(http.post("/chat/", json=after), 200)

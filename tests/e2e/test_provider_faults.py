@@ -27,7 +27,7 @@ from tests.support.provider_stub import (
     json_reply,
     no_headers,
     openai_body,
-    openai_context_too_long,
+    openai_error,
     openai_unknown_model,
     openai_wrong_key,
     trickle,
@@ -376,9 +376,15 @@ def test_a_5xx_then_an_answer_is_200_stored_once(
             f"found no such URL or model (HTTP 404, model {MODEL}, URL ",
         ),
         (
-            openai_context_too_long(),
-            f"rejected the request (HTTP 400, model {MODEL}): This model's maximum context "
-            "length is 128000 tokens.",
+            openai_error(
+                400,
+                "Invalid 'messages[1].content': string too long. Expected a string with "
+                "maximum length 10485760, but got a string with length 10485761 instead.",
+                param="messages[1].content",
+                code="string_above_max_length",
+            ),
+            f"rejected the request (HTTP 400, model {MODEL}): Invalid 'messages[1].content': "
+            "string too long.",
         ),
     ],
     ids=["401", "404", "400"],

@@ -206,15 +206,30 @@ async def test_only_one_request_at_a_time_probes() -> None:
     assert len(primary.seen) == 4
 
 
-async def test_when_every_model_cools_down_a_request_fails_at_once() -> None:
-    only = Model("only", down(), down(), down())
-    models = router(only)
+async def test_a_cooling_model_is_still_asked_when_no_other_answers() -> None:
+    clock = Clock()
+    primary, backup = Model("primary", *[down()] * 4), Model("backup", *[down()] * 5)
+    models = router(primary, backup, clock=clock)
     for _ in range(3):
         with pytest.raises(ModelUnavailable):
             await models.reply([], q())
-    with pytest.raises(ModelUnavailable, match=r"cooling down .* again in 30 s"):
+    assert dict(await models.statuses())["primary"].cooling_seconds == COOLDOWN
+    # Both cool down: each is still asked, the cooling ones last, and an answer gets through.
+    with pytest.raises(ModelUnavailable, match="every model failed"):
         await models.reply([], q())
-    assert len(only.seen) == 3
+    answer = await models.reply([], q())
+    assert answer.model == "primary"
+    assert (len(primary.seen), len(backup.seen)) == (5, 4)
+
+
+async def test_a_lone_model_is_tried_by_every_request_while_it_cools_down() -> None:
+    only = Model("only", *[down()] * 5)
+    models = router(only)
+    for _ in range(5):
+        with pytest.raises(ModelUnavailable):
+            await models.reply([], q())
+    assert (await models.reply([], q())).model == "only"
+    assert len(only.seen) == 6
 
 
 async def test_a_stream_is_handed_on_before_its_first_text_only() -> None:
