@@ -201,6 +201,17 @@ class ModelRouter:
             )
         return statuses
 
+    async def close(self) -> None:
+        """At shutdown, before the store's client closes: end a refresh in flight, and hand
+        the store the calibration samples not yet sent."""
+        if self._refreshing is not None and not self._refreshing.done():
+            self._refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refreshing
+        if self._samples:
+            with contextlib.suppress(HistoryUnavailable):
+                await self._refresh()
+
     # --- which model, and what it is sent ----------------------------------------------------
 
     async def _attempts(

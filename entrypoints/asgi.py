@@ -95,6 +95,7 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         finally:
             services.cleanup.shutdown()
             await services.stream_message.drain(_DRAIN_SECONDS)
+            await services.models.close()
             await close_resources(container)
 
     security: dict[str, Any] = {}

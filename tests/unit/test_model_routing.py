@@ -337,3 +337,15 @@ async def test_usage_reports_calibrate_the_estimate_shared_through_the_health() 
     chars, messages = prompt_size(model.seen[-1])
     real = (model.tokens(model.seen[-1]) - MESSAGE_TOKENS * messages) / chars
     assert learnt == pytest.approx(real, rel=0.01)
+
+
+async def test_closing_hands_the_store_the_samples_not_yet_sent() -> None:
+    clock = Clock()
+    health = MemoryModelHealth(cooldown_seconds=COOLDOWN, cooldown_failures=3, clock=clock)
+    model = Model("m")
+    worker = ModelRouter([ModelRoute("m", model)], health, clock=clock)
+    await worker.statuses()
+    await worker.reply(turns(4), q())  # a usage report, not yet sent: the view is fresh
+    assert (await health.statuses(["m"], {}))["m"].tokens_per_char is None
+    await worker.close()
+    assert (await health.statuses(["m"], {}))["m"].tokens_per_char is not None
