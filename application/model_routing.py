@@ -5,9 +5,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from application.errors import (
     ContextTooLong,
@@ -30,6 +30,8 @@ from domain.errors import InvalidMessage
 from domain.message import Message
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 REFRESH_SECONDS = 1.0  # how stale this process's view of the shared health may get
 
@@ -139,39 +141,34 @@ class ModelRouter:
     async def reply(self, history: Sequence[Message], question: Message) -> Answer:
         """The first answer a model gives, with its name and usage (estimated when the
         provider counts none)."""
-        failures: list[tuple[str, ModelUnavailable]] = []
-        async for route, conversation in self._attempts(history, question):
-            try:
-                try:
-                    answer = await route.model.reply(conversation)
-                except ContextTooLong as error:
-                    conversation = self._tighter(route, conversation, error, history, question)
-                    answer = await route.model.reply(conversation)
-            except ModelRejected:
-                raise
-            except ModelUnavailable as error:
-                await self._failed(route, error)
-                failures.append((route.name, error))
-                continue
-            await self._succeeded(route)
-            self._calibrate(route, conversation, answer.usage)
-            usage = answer.usage or estimate_usage(prompt_texts(conversation), answer.text)
-            return Answer(answer.text, usage, route.name)
-        try:
-            raise self._exhausted(failures)
-        finally:
-            failures.clear()  # the error's traceback holds this frame: no cycle through it
+
+        async def ask(route: ModelRoute, sent: Conversation) -> tuple[Conversation, Answer]:
+            return sent, await route.model.reply(sent)
+
+        route, (sent, answer) = await self._first(history, question, ask)
+        self._calibrate(route, sent, answer.usage)
+        usage = answer.usage or estimate_usage(prompt_texts(sent), answer.text)
+        return Answer(answer.text, usage, route.name)
 
     async def stream(self, history: Sequence[Message], question: Message) -> OpenedStream:
         """The first model's stream that writes text, once it has."""
+        _, opened = await self._first(history, question, self._open)
+        return opened
+
+    async def _first(
+        self,
+        history: Sequence[Message],
+        question: Message,
+        ask: Callable[[ModelRoute, Conversation], Awaitable[T]],
+    ) -> tuple[ModelRoute, T]:
+        """Ask each model in turn until one answers; a context refusal once more, trimmed."""
         failures: list[tuple[str, ModelUnavailable]] = []
-        async for route, conversation in self._attempts(history, question):
+        async for route, sent in self._attempts(history, question):
             try:
                 try:
-                    opened = await self._open(route, conversation)
+                    answer = await ask(route, sent)
                 except ContextTooLong as error:
-                    tighter = self._tighter(route, conversation, error, history, question)
-                    opened = await self._open(route, tighter)
+                    answer = await ask(route, self._tighter(route, sent, error, history, question))
             except ModelRejected:
                 raise
             except ModelUnavailable as error:
@@ -179,7 +176,7 @@ class ModelRouter:
                 failures.append((route.name, error))
                 continue
             await self._succeeded(route)
-            return opened
+            return route, answer
         try:
             raise self._exhausted(failures)
         finally:
