@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 REFRESH_SECONDS = 1.0  # how stale this process's view of the shared health may get
+STALE_SECONDS = 10.0  # a view this old (the process was idle) is refreshed before it is used
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +89,11 @@ class ModelRouter:
       tried by every request. After the cooldown, one request at a time probes it in its
       place, and a success puts it back.
     - This process's view of the shared health and calibration is refreshed in the
-      background at most every refresh_seconds: no request waits for it, and a store that
-      fails leaves the last view in place.
+      background at most every refresh_seconds, so that under load no request waits for
+      it; only the first request after STALE_SECONDS without any waits for one (a
+      process's very first requests take every model as up until its first view lands).
+      A store that fails leaves the last view in place.
+    - Until the shared calibration has a model's rate, this process's own reports set it.
     """
 
     def __init__(
@@ -216,7 +220,7 @@ class ModelRouter:
     ) -> AsyncIterator[tuple[ModelRoute, Conversation]]:
         """The models to ask, in order, each with what it is sent (none it cannot fit): one
         cooling down, or whose probe another request holds, after all the others."""
-        self._maybe_refresh()
+        await self._fresh_view()
         later = []
         for route in self._routes:
             conversation = fit_conversation(
@@ -252,6 +256,8 @@ class ModelRouter:
 
     def _estimate(self, route: ModelRoute) -> TokenEstimate:
         ratio = self._seen.get(route.name, _UP).tokens_per_char
+        if ratio is None and (own := self._samples.get(route.name)) is not None:
+            ratio = own.tokens / own.chars
         return TokenEstimate() if ratio is None else TokenEstimate(ratio)
 
     def _tighter(
@@ -350,10 +356,14 @@ class ModelRouter:
         held = self._samples.get(route.name, TokenSample(0, 0))
         self._samples[route.name] = TokenSample(held.tokens + text_tokens, held.chars + chars)
 
-    def _maybe_refresh(self) -> None:
-        due = self._clock() - self._seen_at >= self._refresh_seconds
-        if due and (self._refreshing is None or self._refreshing.done()):
+    async def _fresh_view(self) -> None:
+        age = self._clock() - self._seen_at
+        if age < self._refresh_seconds:
+            return
+        if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.create_task(self._refresh_quietly())
+        if STALE_SECONDS <= age < math.inf:
+            await asyncio.shield(self._refreshing)
 
     async def _refresh_quietly(self) -> None:
         with contextlib.suppress(HistoryUnavailable):  # the last view stays

@@ -349,3 +349,29 @@ async def test_closing_hands_the_store_the_samples_not_yet_sent() -> None:
     assert (await health.statuses(["m"], {}))["m"].tokens_per_char is None
     await worker.close()
     assert (await health.statuses(["m"], {}))["m"].tokens_per_char is not None
+
+
+async def test_a_process_idle_for_a_while_refreshes_its_view_before_it_asks() -> None:
+    clock = Clock()
+    health = MemoryModelHealth(cooldown_seconds=COOLDOWN, cooldown_failures=3, clock=clock)
+    primary, backup = Model("primary", *[down()] * 3), Model("backup")
+    routes = [ModelRoute("primary", primary), ModelRoute("backup", backup)]
+    busy, idle = (ModelRouter(routes, health, clock=clock) for _ in range(2))
+    await idle.statuses()  # its view: every model up
+    for _ in range(3):
+        await busy.reply([], q())
+    clock.now += 11  # longer than a view stays usable, shorter than the cooldown
+
+    assert (await idle.reply([], q())).model == "backup"
+    assert len(primary.seen) == 3
+
+
+async def test_its_own_usage_reports_calibrate_a_process_before_the_shared_rate_arrives() -> None:
+    model = Model("m")
+    models = router(ModelRoute("m", model, context_tokens=1000, max_tokens=100))
+    await models.statuses()
+    long = "word " * 600  # 3,000 characters, 600 tokens to the model
+    with pytest.raises(InvalidMessage):  # by the first guess, a third of a token a character
+        models.check_fits(long)
+    await models.reply([], q("word " * 100))
+    models.check_fits(long)
