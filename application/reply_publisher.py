@@ -92,6 +92,8 @@ class ReplyPublisher:
                 log.warning("streamed replies' events not published yet: %s", error)
                 self._failing = True
             for state in due:
+                if state.run.ended.is_set():
+                    state.run.logged.set()  # its clients are not held up by the outage
                 self._give_up_if_late(state, now)
             return
         if self._failing:
@@ -102,6 +104,7 @@ class ReplyPublisher:
             if outcome.stop_requested:
                 state.run.stop.set()
             if state.run.ended.is_set() and state.upto == len(state.run.events) - 1:
+                state.run.logged.set()
                 _resolve(state.done)
 
     @staticmethod

@@ -26,7 +26,8 @@ def nothing_to_do() -> None:
 class ReplyRun:
     """Events are only appended; a follower reads them by index and waits for the next one,
     so any number can follow without a queue each. `committed` resolves at the first delta
-    (or fails with what went wrong before it); `stop` is set when a stop was requested."""
+    (or fails with what went wrong before it); `stop` is set when a stop was requested;
+    `logged` once the terminal event is in the reply log (or the log failed to take it)."""
 
     def __init__(self, key: SessionKey, reply_id: str) -> None:
         self.key = key
@@ -35,6 +36,7 @@ class ReplyRun:
         self.committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.stop = asyncio.Event()
         self.ended = asyncio.Event()
+        self.logged = asyncio.Event()
         self.task: asyncio.Task[None] | None = None  # the producer, once committed
         self.cancelled_with: tuple[int, str] | None = None  # the error event if cancelled
         self.emitted_at = time.monotonic()
@@ -59,13 +61,16 @@ class ReplyRun:
         """The events as they come, each time all that are there, up to the terminal one;
         an empty batch once idle_seconds pass without one (a client's connection may want a
         keep-alive), as the heartbeat notices. No timer per wait: a follower costs nothing
-        between events."""
+        between events. The terminal event comes once it is logged, so that a client that
+        saw it can send anyone to re-attach and get it too."""
         index = 0
         kept_alive_at = 0.0
         while True:
             if index < len(self.events):
                 batch = self.events[index:]
                 index += len(batch)
+                if batch[-1].terminal:
+                    await self.logged.wait()
                 yield batch
                 if batch[-1].terminal:  # always a reply's last
                     return

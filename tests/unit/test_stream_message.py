@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +19,7 @@ from application.errors import (
     ModelUnavailable,
     SessionNotFound,
 )
-from application.ports import Publication
+from application.ports import Publication, Published
 from application.reply_run import Streamed
 from application.request_leases import RequestLeases
 from application.stop_reply import StopReply
@@ -52,9 +53,10 @@ def world(
     *,
     on_disconnect: OnDisconnect = "continue",
     history: MemoryHistory | None = None,
+    log: MemoryReplyLog | None = None,
 ) -> World:
     history = history or MemoryHistory(max_messages=50, ttl_seconds=0)
-    log = MemoryReplyLog(keep_seconds=60, lease_seconds=0.5)
+    log = log or MemoryReplyLog(keep_seconds=60, lease_seconds=0.5)
     attach = AttachReply(log, wait_seconds=0.05)
     model = model or StreamingModel()
     streams = StreamMessage(
@@ -260,6 +262,20 @@ async def test_re_attaching_with_the_id_of_the_last_event_has_nothing_to_send() 
     assert await collect(await w.attach.execute(NS, "s", before_last, idle_seconds=5)) == [
         events[-1]
     ]
+
+
+async def test_done_reaches_the_client_only_once_a_re_attach_would_get_it_too() -> None:
+    class SlowLog(MemoryReplyLog):
+        async def publish(self, batch: Sequence[Publication]) -> list[Published]:
+            await asyncio.sleep(0.2)  # a store far away
+            return await super().publish(batch)
+
+    w = world(StreamingModel("one", " two"), log=SlowLog(keep_seconds=60, lease_seconds=0.5))
+    events = await collect(await start(w))
+
+    again = await collect(await w.attach.execute(NS, "s", None, idle_seconds=5))
+    assert events[-1][0] == "done"
+    assert again == events
 
 
 async def test_a_re_attach_right_after_the_first_text_finds_the_running_reply() -> None:
