@@ -41,6 +41,7 @@ from redis.asyncio import Redis
 
 import adapters.redis_coordination
 import adapters.redis_history
+import adapters.redis_model_health
 import adapters.redis_reply_log
 from adapters.redis_history import RedisHistory
 from application.reply_publisher import FLUSH_SECONDS
@@ -760,7 +761,13 @@ def _cpu_split(pin: bool) -> tuple[set[int] | None, set[int] | None]:
 def _script_commands() -> set[str]:
     """Every command the service's Lua scripts call: module-level strings holding redis.call."""
     found: set[str] = set()
-    for module in (adapters.redis_history, adapters.redis_coordination, adapters.redis_reply_log):
+    modules = (
+        adapters.redis_history,
+        adapters.redis_coordination,
+        adapters.redis_reply_log,
+        adapters.redis_model_health,
+    )
+    for module in modules:
         for value in vars(module).values():
             if isinstance(value, str) and "redis.call" in value:
                 found |= {m.lower() for m in re.findall(r"redis\.call\(\s*['\"](\w+)", value)}
