@@ -92,7 +92,8 @@ class ModelRouter:
       background at most every refresh_seconds, so that under load no request waits for
       it; only the first request after STALE_SECONDS without any waits for one (a
       process's very first requests take every model as up until its first view lands).
-      A store that fails leaves the last view in place.
+      A store that fails leaves the last view in place. A lone model of unknown window
+      needs no view (nothing to choose, nothing to count): then nothing is read.
     - Until the shared calibration has a model's rate, this process's own reports set it.
     """
 
@@ -357,6 +358,8 @@ class ModelRouter:
         self._samples[route.name] = TokenSample(held.tokens + text_tokens, held.chars + chars)
 
     async def _fresh_view(self) -> None:
+        if len(self._routes) == 1 and self._budget(self._routes[0]) is None:
+            return
         age = self._clock() - self._seen_at
         if age < self._refresh_seconds:
             return

@@ -6,14 +6,16 @@ prompt over their window with the counts a provider states, and report their usa
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from adapters.memory_model_health import MemoryModelHealth
 from application.errors import ContextTooLong, ModelRejected, ModelTimeout, ModelUnavailable
 from application.model_routing import ModelRoute, ModelRouter
+from application.ports import TokenSample
 from domain.answer import Answer, Usage
 from domain.context_budget import MESSAGE_TOKENS, prompt_size
 from domain.conversation import Conversation, prompt_texts
@@ -375,3 +377,26 @@ async def test_its_own_usage_reports_calibrate_a_process_before_the_shared_rate_
         models.check_fits(long)
     await models.reply([], q("word " * 100))
     models.check_fits(long)
+
+
+async def test_a_lone_model_of_unknown_window_costs_the_store_nothing_per_request() -> None:
+    class Counting(MemoryModelHealth):
+        reads = 0
+
+        async def statuses(self, names: Sequence[str], samples: Mapping[str, TokenSample]) -> Any:
+            Counting.reads += 1
+            return await super().statuses(names, samples)
+
+    clock = Clock()
+    health = Counting(cooldown_seconds=COOLDOWN, cooldown_failures=3, clock=clock)
+    lone = ModelRouter([ModelRoute("m", Model("m"))], health, clock=clock)
+    windowed = ModelRouter([ModelRoute("w", Model("w"), context_tokens=8000)], health, clock=clock)
+    for _ in range(3):
+        clock.now += 2
+        await lone.reply([], q())
+    assert Counting.reads == 0
+    for _ in range(3):
+        clock.now += 2
+        await windowed.reply([], q())
+        await asyncio.sleep(0)
+    assert Counting.reads == 3
