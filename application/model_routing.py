@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -51,12 +52,14 @@ class ModelRoute:
 
 class OpenedStream(NamedTuple):
     """A stream whose first text has arrived: the model that writes it, what it was sent,
-    that text, and the rest (texts, then the provider's Usage if it counts one)."""
+    that text, and the rest straight from the adapter (texts, then the provider's Usage if
+    it counts one: hand that to `counted`, which calibrates the model's estimate)."""
 
     model: str
     conversation: Conversation
     first: str
     rest: AsyncGenerator[str | Usage, None]
+    counted: Callable[[Usage], None]
 
 
 class _Seen(NamedTuple):
@@ -305,20 +308,13 @@ class ModelRouter:
         except BaseException:
             await deltas.aclose()
             raise
-        rest = self._observed(route, conversation, deltas)
-        return OpenedStream(route.name, conversation, first, rest)
-
-    async def _observed(
-        self,
-        route: ModelRoute,
-        conversation: Conversation,
-        deltas: AsyncGenerator[str | Usage, None],
-    ) -> AsyncGenerator[str | Usage, None]:
-        async with contextlib.aclosing(deltas):
-            async for item in deltas:
-                if isinstance(item, Usage):
-                    self._calibrate(route, conversation, item)
-                yield item
+        return OpenedStream(
+            route.name,
+            conversation,
+            first,
+            deltas,
+            functools.partial(self._calibrate, route, conversation),
+        )
 
     # --- health and calibration --------------------------------------------------------------
 

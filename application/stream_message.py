@@ -209,6 +209,8 @@ class StreamMessage:
         texts = [opened.first]
         try:
             usage, stopped = await self._relay(run, opened.rest, texts)
+            if usage is not None:
+                opened.counted(usage)
             answer = "".join(texts)
             if stopped or usage is None:
                 usage = estimate_usage(prompt_texts(opened.conversation), answer)

@@ -19,6 +19,7 @@ from application.errors import (
     ModelUnavailable,
     SessionNotFound,
 )
+from application.model_routing import ModelRoute, ModelRouter
 from application.ports import Publication, Published
 from application.reply_run import Streamed
 from application.request_leases import RequestLeases
@@ -43,6 +44,7 @@ class World:
     model: StreamingModel
     streams: StreamMessage
     attach: AttachReply
+    models: ModelRouter
 
     async def stored(self, session_id: str) -> list[str]:
         return [m.content for m in await self.history.load(SessionKey(NS, session_id))]
@@ -59,9 +61,10 @@ def world(
     log = log or MemoryReplyLog(keep_seconds=60, lease_seconds=0.5)
     attach = AttachReply(log, wait_seconds=0.05)
     model = model or StreamingModel()
+    models = routed(ModelRoute("model-0", model, context_tokens=8000))
     streams = StreamMessage(
         history,
-        routed(model),
+        models,
         log,
         max_message_chars=100,
         failure_status=status_of,
@@ -69,7 +72,7 @@ def world(
         on_disconnect=on_disconnect,
         leases=RequestLeases(history, in_flight_seconds=5),
     )
-    return World(history, log, model, streams, attach)
+    return World(history, log, model, streams, attach, models)
 
 
 async def collect(streamed: Streamed | None, limit: int | None = None) -> list[Event]:
@@ -108,6 +111,13 @@ async def test_a_reply_streams_in_order_and_is_stored_before_done() -> None:
         "model": "model-0",
     }
     assert await w.stored("s") == ["hi", "Once upon a time"]
+
+
+async def test_the_providers_usage_calibrates_the_models_estimate() -> None:
+    w = world(StreamingModel("Once", " upon", " a time", Usage(12, 3)))
+    await collect(await start(w))
+    [(_, status)] = await w.models.statuses()
+    assert status.tokens_per_char is not None
 
 
 async def test_usage_is_estimated_when_the_provider_counts_nothing() -> None:
