@@ -6,7 +6,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
@@ -171,20 +171,24 @@ class ModelRouter:
     ) -> tuple[ModelRoute, T]:
         """Ask each model in turn until one answers; a context refusal once more, trimmed."""
         failures: list[tuple[str, ModelUnavailable]] = []
-        async for route, sent in self._attempts(history, question):
-            try:
+        attempts = self._attempts(history, question)
+        async with contextlib.aclosing(attempts):  # not left to the loop's finalizer hook
+            async for route, sent in attempts:
                 try:
-                    answer = await ask(route, sent)
-                except ContextTooLong as error:
-                    answer = await ask(route, self._tighter(route, sent, error, history, question))
-            except ModelRejected:
-                raise
-            except ModelUnavailable as error:
-                await self._failed(route, error)
-                failures.append((route.name, error))
-                continue
-            await self._succeeded(route)
-            return route, answer
+                    try:
+                        answer = await ask(route, sent)
+                    except ContextTooLong as error:
+                        answer = await ask(
+                            route, self._tighter(route, sent, error, history, question)
+                        )
+                except ModelRejected:
+                    raise
+                except ModelUnavailable as error:
+                    await self._failed(route, error)
+                    failures.append((route.name, error))
+                    continue
+                await self._succeeded(route)
+                return route, answer
         try:
             raise self._exhausted(failures)
         finally:
@@ -221,7 +225,7 @@ class ModelRouter:
 
     async def _attempts(
         self, history: Sequence[Message], question: Message
-    ) -> AsyncIterator[tuple[ModelRoute, Conversation]]:
+    ) -> AsyncGenerator[tuple[ModelRoute, Conversation], None]:
         """The models to ask, in order, each with what it is sent (none it cannot fit): one
         cooling down, or whose probe another request holds, after all the others."""
         await self._fresh_view()
