@@ -220,7 +220,7 @@ class LlmSettings(ModelSettings, frozen=True):
     system_prompt: str = ""
     stream_on_disconnect: OnDisconnect = "continue"
     fallbacks: Annotated[tuple[ModelName, ...], Parse(_comma_list)] = ()  # in the order tried
-    # A model that fails cooldown_failures times in a row is skipped for cooldown_seconds.
+    # A model that fails cooldown_failures times in a row goes last for cooldown_seconds.
     cooldown_seconds: Annotated[float, Meta(gt=0, le=86400)] = 30.0
     cooldown_failures: Annotated[int, Meta(ge=1, le=1000)] = 3
 
