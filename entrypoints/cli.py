@@ -1,4 +1,5 @@
-"""`chat-service serve`: validate the config, claim the embedded Redis, run uvicorn."""
+"""`chat-service serve`: validate the config, claim the embedded Redis, run uvicorn.
+`chat-service chat`: chat with a running service from a terminal."""
 
 import argparse
 import contextlib
@@ -34,6 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="overrides [server] host")
     serve.add_argument("--port", type=int, help="overrides [server] port")
     serve.add_argument("--workers", type=_positive, default=1, help="worker processes")
+    chat = commands.add_parser("chat", help="chat with a running service in this terminal")
+    chat.add_argument("--url", help="the service (default: $CHAT_URL or http://127.0.0.1:8000)")
+    chat.add_argument("--token", help="its bearer token (default: $CHAT_TOKEN)")
+    chat.add_argument("--session", help="carry on this conversation (default: a new one)")
     return parser
 
 
@@ -102,6 +107,11 @@ def _run_uvicorn(host: str, port: int, workers: int) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "chat":
+        # imported here: readline takes over the terminal, which `serve` has no use for
+        from entrypoints.terminal_chat import chat
+
+        return chat(args.url, args.token, args.session)
     configure_logging()
     return serve(args.config, args.host, args.port, args.workers)
 
