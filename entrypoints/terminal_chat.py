@@ -50,7 +50,7 @@ def error_line(status: int, detail: str, retry_after: str | None = None) -> str:
     if status == 401:
         return f"the service refused the token; pass --token or set {TOKEN_ENV}"
     if status == 429:
-        return f"rate limited: try again in {retry_after or 'a few'} s"
+        return f"rate limited: try again in {retry_after} s" if retry_after else "rate limited"
     if status == 502:
         return f"the model failed: {detail}"
     if status == 504:
@@ -64,8 +64,9 @@ def _failure(response: httpx.Response) -> ChatError:
     response.read()
     try:
         detail = str(response.json()["detail"])
-    except (ValueError, KeyError, TypeError):
-        detail = response.text[:200] or response.reason_phrase
+    except (ValueError, KeyError, TypeError):  # not the service's JSON: a proxy's page, say
+        detail = response.text or response.reason_phrase
+    detail = " ".join(detail.split())[:300]  # one line, whatever came
     return ChatError(error_line(response.status_code, detail, response.headers.get("retry-after")))
 
 

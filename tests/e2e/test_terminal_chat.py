@@ -20,8 +20,16 @@ from tests.e2e.conftest import (
     ServiceLauncher,
     echo_reply,
     free_port,
+    openai_config,
     service_environment,
     words,
+)
+from tests.support.provider_stub import (
+    ProviderStub,
+    error_reply,
+    openai_stream,
+    openai_stream_error,
+    streamed,
 )
 from tests.support.redis_server import RedisServer
 from tests.support.terminal import CTRL_C, CTRL_D, Terminal
@@ -50,6 +58,18 @@ def guarded(module_launch: ServiceLauncher, module_redis: RedisServer) -> Servic
             "auth": {"tokens": TOKEN, "rate_limit": "1/minute"},
             "redis": {"url": module_redis.url, "key_prefix": "terminal-guarded"},
             "llm": {"echo_word_seconds": str(WORD_SECONDS)},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def failing(
+    module_launch: ServiceLauncher, module_redis: RedisServer, module_stub: ProviderStub
+) -> Service:
+    return module_launch(
+        {
+            "redis": {"url": module_redis.url, "key_prefix": "terminal-failing"},
+            "llm": openai_config(module_stub),
         }
     )
 
@@ -176,3 +196,20 @@ def test_a_rate_limit_says_how_long_to_wait(guarded: Service, tmp_path: Path) ->
         wait = re.fullmatch(r"error: rate limited: try again in (\d+) s", line)
         assert wait is not None, line
         assert 1 <= int(wait[1]) <= 60
+
+
+def test_a_failing_model_is_one_line_whether_before_or_during_its_reply(
+    failing: Service, module_stub: ProviderStub, tmp_path: Path
+) -> None:
+    module_stub.reset()
+    module_stub.plan(
+        error_reply(500),
+        streamed([openai_stream("half ", end=False), openai_stream_error("it broke")]),
+    )
+    with chat_client("--url", failing.url, home=tmp_path) as terminal:
+        assert command(terminal, "before").startswith("error: the model failed: ")
+        during = command(terminal, "during").split("\n")
+        assert during[0] == "half "
+        assert during[1].startswith("error: the model failed: "), during
+        assert len(during) == 2, during
+    module_stub.reset()
