@@ -1,16 +1,13 @@
-"""The pages a person opens in a browser: the root page, and Swagger UI and ReDoc.
+"""The API docs a person opens in a browser: Swagger UI and ReDoc (the chat page links them).
 
 The docs' scripts and styles come from the service itself (the builds drf-spectacular-sidecar
 ships), not from a CDN, so /schema renders with no internet and tells no third party who reads it.
 """
 
-from html import escape
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
 
-from litestar import Request, Router, get
-from litestar.enums import MediaType
+from litestar import Router
 from litestar.openapi.plugins import (
     OpenAPIRenderPlugin,
     RedocRenderPlugin,
@@ -74,44 +71,3 @@ def docs_render_plugins() -> list[OpenAPIRenderPlugin]:
         ),
         YamlRenderPlugin(),
     ]
-
-
-@get("/", include_in_schema=False, media_type=MediaType.HTML, sync_to_thread=False)
-def home(request: Request[Any, Any, Any]) -> str:
-    """Until the chat page comes: what this is and where its docs are."""
-    config = request.app.openapi_config
-    title, summary = (config.title, config.description or "") if config else ("chat-service", "")
-    title, summary = escape(title), escape(summary)
-    base = escape(str(request.base_url).rstrip("/"), quote=True)
-    docs = [
-        (f"{DOCS_PATH}{SWAGGER_PATH}", "Swagger UI: try the API from the browser"),
-        (f"{DOCS_PATH}{REDOC_PATH}", "ReDoc: the API reference"),
-        (f"{DOCS_PATH}/openapi.json", "the OpenAPI document"),
-        ("/health", "liveness"),
-        ("/ready", "readiness: does the history store answer"),
-    ]
-    links = "\n".join(f'<li><a href="{href}">{href}</a>: {what}</li>' for href, what in docs)
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,">
-<title>{title}</title>
-<style>body {{ font-family: sans-serif; max-width: 46rem; margin: 2rem auto; padding: 0 1rem;
-line-height: 1.5 }} pre {{ background: #f4f4f4; padding: 1rem; overflow-x: auto }}</style>
-</head>
-<body>
-<h1>{title}</h1>
-<p>{summary}</p>
-<ul>
-{links}
-</ul>
-<p>Send a message (an empty session_id starts a new session; send its id back to go on):</p>
-<pre>curl -s {base}/chat/ -H 'Content-Type: application/json' \\
-     -d '{{"session_id": "", "message": "Hello"}}'</pre>
-<p>With <code>[auth] tokens</code> set, add
-<code>-H 'Authorization: Bearer &lt;token&gt;'</code>.</p>
-</body>
-</html>
-"""
