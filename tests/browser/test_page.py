@@ -19,8 +19,11 @@ from tests.support.provider_stub import (
     ProviderStub,
     error_reply,
     openai_answering,
+    openai_stream,
+    openai_stream_error,
     running_stub,
     slow,
+    streamed,
 )
 from tests.support.redis_server import RedisServer
 
@@ -266,6 +269,7 @@ def test_conversations_are_listed_switched_started_and_deleted(
     page.click(f"#conversations li[data-session-id='{second}'] .open")
     assert wait_for_reply(page) == echo(LONG)
     assert page.locator("#messages article").count() == 2
+    assert stored(service, second) == [("user", LONG), ("assistant", echo(LONG))]
 
     titles = page.locator("#conversations li .open").all_inner_texts()
     assert [t.split(" ")[0] for t in titles] == ["word0", "the"]  # the newest first
@@ -354,11 +358,23 @@ def stub() -> Iterator[ProviderStub]:
 
 
 @pytest.mark.parametrize(
-    ("failure", "status", "words"),
+    ("failure", "status", "words", "answered"),
     [
-        (error_reply(500), "502", "The model failed to answer."),
-        (slow(error_reply(500), 5), "504", "The model timed out."),
+        (error_reply(500), "502", "The model failed to answer.", 502),
+        (slow(error_reply(500), 5), "504", "The model timed out.", 504),
+        # Failing after its first words: the error event ends the reply, and what was shown
+        # of it goes, as nothing of it is stored.
+        (
+            streamed(
+                [openai_stream("half ", "a reply ", end=False), openai_stream_error("broke")],
+                pause=0.5,
+            ),
+            "502",
+            "The model failed to answer.",
+            200,
+        ),
     ],
+    ids=["failed", "timed-out", "failed-mid-reply"],
 )
 def test_a_model_that_fails_or_times_out_is_said_so_with_a_retry(
     launcher: ServiceLauncher,
@@ -367,14 +383,18 @@ def test_a_model_that_fails_or_times_out_is_said_so_with_a_retry(
     failure: Any,
     status: str,
     words: str,
+    answered: int,
 ) -> None:
     llm = openai_config(stub, timeout_seconds="1")
     service = launcher({"redis": {"url": "memory://"}, "llm": llm})
     stub.reset()
     stub.plan(failure)
     page = open_page(service)
+    posted: list[int] = []
+    page.on("response", lambda r: posted.append(r.status) if r.url.endswith("/stream") else None)
     send(page, "are you there?")
     assert error_shown(page, status) == words
+    assert posted == [answered]
     assert page.is_visible("#retry")
 
     page.click("#retry")  # the stand-in's default answer from here on
@@ -422,8 +442,9 @@ def test_html_in_a_message_or_a_reply_is_shown_never_run(
 
     def nothing_ran() -> None:
         assert page.evaluate("window.__pwned") is None
-        injected = "#messages img, #messages script, #messages svg, #messages b, #messages iframe"
-        assert page.locator(injected).count() == 0
+        # Not in the messages, nor in the list that titles the conversation by it.
+        assert page.locator("body img, body script, body svg, body b, body iframe").count() == 0
+        assert page.locator("script").count() == 1  # the page's own module
         hrefs = page.locator("#messages a").evaluate_all("links => links.map(a => a.href)")
         assert hrefs == ["https://example.org/?q=%3Ci%3E"], hrefs  # only the http(s) link
         assert "<img src=x onerror=window.__pwned=1>" in page.inner_text("#messages")
