@@ -285,6 +285,23 @@ def test_conversations_are_listed_switched_started_and_deleted(
     assert page.locator("#conversations li").count() == 1
 
 
+def test_a_conversation_deleted_mid_reply_stays_deleted(
+    service: Service, open_page: Opener
+) -> None:
+    page = open_page(service)
+    send(page, LONG)
+    wait_for_words(page, 10)
+    session_id = current_session(page)
+    page.click(f"#conversations li[data-session-id='{session_id}'] .delete")
+    page.wait_for_function("() => document.querySelectorAll('#conversations li').length === 0")
+    assert page.locator("#messages article").count() == 0
+    with service.client() as http:
+        # Whatever of the reply is still running (or kept) is read to its end, when it would
+        # be stored: the page stopped it and waited for that before deleting.
+        http.get(f"/chat/{session_id}/stream")
+        assert http.get(f"/chat/{session_id}").status_code == 404
+
+
 def test_a_conversation_the_service_no_longer_has_is_shown_as_expired(
     service: Service, open_page: Opener
 ) -> None:

@@ -224,6 +224,7 @@ async function resume(id, running, stored, generation) {
 
 async function deleteConversation(id) {
   try {
+    if (store.running(id)) await stopAndWait(id);
     await api.forget(id);
   } catch (error) {
     showError(error);
@@ -233,6 +234,14 @@ async function deleteConversation(id) {
   store.remove(id);
   if (view.id === id) await openConversation(null);
   else renderList();
+}
+
+/** Stops a running reply and waits for its end: it is stored when it ends, so a delete
+ * sent before that would be undone by it. */
+async function stopAndWait(id) {
+  await api.stop(id);
+  const events = await api.reattach(id, store.running(id)?.lastEventId);
+  if (events) for await (const _ of events); // read to its done
 }
 
 // ---- a reply
