@@ -112,6 +112,8 @@ class TerminalChat:
                 print(f"error: {error}", file=sys.stderr, flush=True)
             except httpx.HTTPError as error:
                 print(f"error: {self._network_error(error)}", file=sys.stderr, flush=True)
+            except KeyboardInterrupt:  # during /history or /delete: give up on it
+                print()
 
     def command(self, line: str) -> None:
         if line == "/help":
@@ -167,6 +169,10 @@ class TerminalChat:
                 self._show_reply(_events(response), stop)
         except KeyboardInterrupt:
             print(self.style.dim("\n(left the reply running in the service)"))
+        except httpx.HTTPError:
+            if stop.session_id is not None:
+                print()  # the reply had begun: the error goes on a line of its own
+            raise
 
     def _show_reply(self, events: Iterator[tuple[str, Any]], stop: "_StopOnInterrupt") -> None:
         for name, data in events:

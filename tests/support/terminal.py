@@ -75,9 +75,10 @@ class Terminal:
                 return match
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not self._read(remaining):
+                seen, after = self.text[: self._searched], self.text[self._searched :]
                 raise TerminalTimeout(
-                    f"{pattern!r} not seen within {timeout} s; after the last match:\n"
-                    f"{self.text[self._searched :][-3000:]!r}"
+                    f"{pattern!r} not seen within {timeout} s ({self._state()}); "
+                    f"up to the last match:\n{seen[-2000:]!r}\nafter it:\n{after[-2000:]!r}"
                 )
 
     def wait_exit(self, timeout: float = 10.0) -> int:
@@ -108,6 +109,13 @@ class Terminal:
             return False
         self.raw += chunk
         return bool(chunk)
+
+    def _state(self) -> str:
+        if self.exit_status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.exit_status = os.waitstatus_to_exitcode(status)
+        return "running" if self.exit_status is None else f"exited with {self.exit_status}"
 
     def close(self) -> None:
         if self.exit_status is None:
