@@ -7,13 +7,14 @@ message or a reply smuggled in.
 """
 
 import re
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, ViewportSize
 
+from tests.browser.conftest import DESKTOP, PHONE
 from tests.e2e.conftest import REPO_ROOT, Service, ServiceLauncher, openai_config
 from tests.support.provider_stub import (
     ProviderStub,
@@ -27,27 +28,9 @@ from tests.support.provider_stub import (
 )
 from tests.support.redis_server import RedisServer
 
-sync_api = pytest.importorskip("playwright.sync_api")
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
-
-pytestmark = pytest.mark.e2e
-
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-WORD_SECONDS = 0.05
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 TOKEN = "page-test-token"
-LONG = " ".join(f"word{n}" for n in range(120))  # about 6 s of reply
+LONG = " ".join(f"word{n}" for n in range(120))  # about 6 s of reply at the default 0.05 s a word
 
 
 def echo(message: str, earlier: int = 0) -> str:
@@ -59,54 +42,34 @@ def echo(message: str, earlier: int = 0) -> str:
 
 
 def echo_config(**sections: dict[str, str]) -> dict[str, dict[str, str]]:
-    config = {"redis": {"url": "memory://"}, "llm": {"echo_word_seconds": str(WORD_SECONDS)}}
+    config: dict[str, dict[str, str]] = {"redis": {"url": "memory://"}}
     for section, values in sections.items():
         config.setdefault(section, {}).update(values)
     return config
 
 
-@pytest.fixture(scope="module")
-def launcher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceLauncher]:
-    services = ServiceLauncher(tmp_path_factory.mktemp("page-services"))
-    try:
-        yield services
-    finally:
-        services.close()
-
-
-@pytest.fixture(scope="module")
-def service(launcher: ServiceLauncher) -> Service:
-    return launcher(echo_config())
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    playwright = sync_api.sync_playwright().start()
-    try:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-    finally:
-        playwright.stop()
-
-
-Opener = Callable[..., Any]
+Opener = Callable[..., Page]
 
 
 @pytest.fixture
-def open_page(browser: Any) -> Iterator[Opener]:
-    """A fresh browser profile (empty localStorage) showing the page of a service."""
-    contexts: list[Any] = []
+def open_chat(browser: Browser) -> Iterator[Opener]:
+    """The chat page of a service in a fresh context (empty localStorage), once its script has
+    shown what it keeps. Like the `open_page` fixture, any script error or console error fails
+    the test, but for Chromium's own "Failed to load resource" line: it logs one for every
+    answer of 4xx or 5xx, and answering those in words is what this page is for."""
+    contexts: list[BrowserContext] = []
     errors: list[str] = []
 
-    def open_(service: Service, *, width: int = 1280, height: int = 800, dark: bool = False) -> Any:
-        context = browser.new_context(
-            viewport={"width": width, "height": height},
-            color_scheme="dark" if dark else "light",
-        )
+    def note(message: ConsoleMessage) -> None:
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            errors.append(f"console.error: {message.text}")
+
+    def open_(service: Service, *, viewport: ViewportSize = DESKTOP, dark: bool = False) -> Page:
+        context = browser.new_context(viewport=viewport, color_scheme="dark" if dark else "light")
         contexts.append(context)
         page = context.new_page()
-        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("pageerror", lambda error: errors.append(f"pageerror: {error}"))
+        page.on("console", note)
         page.goto(service.url)
         page.wait_for_selector("body[data-ready=true]")
         return page
@@ -117,16 +80,16 @@ def open_page(browser: Any) -> Iterator[Opener]:
     assert errors == [], errors
 
 
-def send(page: Any, message: str) -> None:
+def send(page: Page, message: str) -> None:
     page.fill("#message", message)
     page.press("#message", "Enter")
 
 
-def replies(page: Any) -> Any:
+def replies(page: Page) -> Any:
     return page.locator("#messages article[data-role=assistant] .content")
 
 
-def wait_for_reply(page: Any, count: int = 1, timeout: float = 20_000) -> str:
+def wait_for_reply(page: Page, count: int = 1, timeout: float = 20_000) -> str:
     """The text of the count-th reply once it has ended."""
     page.wait_for_function(
         """count => {
@@ -140,7 +103,7 @@ def wait_for_reply(page: Any, count: int = 1, timeout: float = 20_000) -> str:
     return str(replies(page).nth(count - 1).inner_text())
 
 
-def wait_for_words(page: Any, words: int) -> None:
+def wait_for_words(page: Page, words: int) -> None:
     """Until the reply streaming in shows at least `words` words."""
     page.wait_for_function(
         """words => {
@@ -151,7 +114,7 @@ def wait_for_words(page: Any, words: int) -> None:
     )
 
 
-def current_session(page: Any) -> str:
+def current_session(page: Page) -> str:
     return str(page.evaluate("localStorage.getItem('chat.current')"))
 
 
@@ -162,9 +125,9 @@ def stored(service: Service, session_id: str, token: str | None = None) -> list[
 
 
 def test_a_reply_streams_in_and_is_shown_with_its_model(
-    service: Service, open_page: Opener
+    service: Service, open_chat: Opener
 ) -> None:
-    page = open_page(service)
+    page = open_chat(service)
     page.fill("#message", "first line")
     page.press("#message", "Shift+Enter")
     page.type("#message", "second line")
@@ -196,8 +159,8 @@ def test_a_reply_streams_in_and_is_shown_with_its_model(
     assert listed.first.inner_text().startswith("first line second line")
 
 
-def test_stop_ends_the_reply_with_what_was_shown(service: Service, open_page: Opener) -> None:
-    page = open_page(service)
+def test_stop_ends_the_reply_with_what_was_shown(service: Service, open_chat: Opener) -> None:
+    page = open_chat(service)
     send(page, LONG)
     wait_for_words(page, 20)
     page.click("#stop")
@@ -214,9 +177,9 @@ def test_stop_ends_the_reply_with_what_was_shown(service: Service, open_page: Op
 
 
 def test_a_reload_mid_reply_goes_on_where_it_was_and_shows_it_once(
-    service: Service, open_page: Opener
+    service: Service, open_chat: Opener
 ) -> None:
-    page = open_page(service)
+    page = open_chat(service)
     send(page, LONG)
     wait_for_words(page, 30)
     session_id = current_session(page)
@@ -249,9 +212,9 @@ def test_a_reload_mid_reply_goes_on_where_it_was_and_shows_it_once(
 
 
 def test_conversations_are_listed_switched_started_and_deleted(
-    service: Service, open_page: Opener
+    service: Service, open_chat: Opener
 ) -> None:
-    page = open_page(service)
+    page = open_chat(service)
     send(page, "the first conversation")
     wait_for_reply(page)
     first = current_session(page)
@@ -286,9 +249,9 @@ def test_conversations_are_listed_switched_started_and_deleted(
 
 
 def test_a_conversation_deleted_mid_reply_stays_deleted(
-    service: Service, open_page: Opener
+    service: Service, open_chat: Opener
 ) -> None:
-    page = open_page(service)
+    page = open_chat(service)
     send(page, LONG)
     wait_for_words(page, 10)
     session_id = current_session(page)
@@ -303,9 +266,9 @@ def test_a_conversation_deleted_mid_reply_stays_deleted(
 
 
 def test_a_conversation_the_service_no_longer_has_is_shown_as_expired(
-    service: Service, open_page: Opener
+    service: Service, open_chat: Opener
 ) -> None:
-    page = open_page(service)
+    page = open_chat(service)
     send(page, "soon gone")
     wait_for_reply(page)
     session_id = current_session(page)
@@ -321,10 +284,10 @@ def test_a_conversation_the_service_no_longer_has_is_shown_as_expired(
 
 
 def test_the_page_asks_for_the_token_and_again_when_it_is_refused(
-    launcher: ServiceLauncher, open_page: Opener
+    module_launch: ServiceLauncher, open_chat: Opener
 ) -> None:
-    service = launcher(echo_config(auth={"tokens": TOKEN}))
-    page = open_page(service)
+    service = module_launch(echo_config(auth={"tokens": TOKEN}))
+    page = open_chat(service)
     send(page, "hello with a token")
     page.wait_for_selector("#auth[open]")
     assert "needs a token" in page.inner_text("#auth-reason")
@@ -347,17 +310,17 @@ def test_the_page_asks_for_the_token_and_again_when_it_is_refused(
     assert stored(service, current_session(page), TOKEN)[0] == ("user", "hello with a token")
 
 
-def error_shown(page: Any, status: str) -> str:
+def error_shown(page: Page, status: str) -> str:
     page.wait_for_selector(f"#error[data-status='{status}']")
     assert page.locator("#messages article").count() == 0  # nothing of it was stored
     return str(page.inner_text("#error-text"))
 
 
 def test_too_many_requests_says_how_long_to_wait(
-    launcher: ServiceLauncher, open_page: Opener
+    module_launch: ServiceLauncher, open_chat: Opener
 ) -> None:
-    service = launcher(echo_config(auth={"rate_limit": "1/minute"}))
-    page = open_page(service)
+    service = module_launch(echo_config(auth={"rate_limit": "1/minute"}))
+    page = open_chat(service)
     send(page, "the one allowed")
     wait_for_reply(page)
     page.click("#new")
@@ -394,19 +357,19 @@ def stub() -> Iterator[ProviderStub]:
     ids=["failed", "timed-out", "failed-mid-reply"],
 )
 def test_a_model_that_fails_or_times_out_is_said_so_with_a_retry(
-    launcher: ServiceLauncher,
+    module_launch: ServiceLauncher,
     stub: ProviderStub,
-    open_page: Opener,
+    open_chat: Opener,
     failure: Any,
     status: str,
     words: str,
     answered: int,
 ) -> None:
     llm = openai_config(stub, timeout_seconds="1")
-    service = launcher({"redis": {"url": "memory://"}, "llm": llm})
+    service = module_launch({"redis": {"url": "memory://"}, "llm": llm})
     stub.reset()
     stub.plan(failure)
-    page = open_page(service)
+    page = open_chat(service)
     posted: list[int] = []
     page.on("response", lambda r: posted.append(r.status) if r.url.endswith("/stream") else None)
     send(page, "are you there?")
@@ -420,11 +383,11 @@ def test_a_model_that_fails_or_times_out_is_said_so_with_a_retry(
 
 
 def test_storage_unavailable_is_said_so(
-    launcher: ServiceLauncher, open_page: Opener, tmp_path: Path
+    module_launch: ServiceLauncher, open_chat: Opener, tmp_path: Path
 ) -> None:
     with RedisServer(tmp_path / "redis") as redis:
-        service = launcher(echo_config(redis={"url": redis.url}))
-        page = open_page(service)
+        service = module_launch(echo_config(redis={"url": redis.url}))
+        page = open_chat(service)
         redis.stop()
         send(page, "anyone storing?")
         assert error_shown(page, "503") == (
@@ -433,10 +396,10 @@ def test_storage_unavailable_is_said_so(
 
 
 def test_a_service_that_is_gone_is_unreachable(
-    launcher: ServiceLauncher, open_page: Opener
+    module_launch: ServiceLauncher, open_chat: Opener
 ) -> None:
-    service = launcher(echo_config())
-    page = open_page(service)
+    service = module_launch(echo_config())
+    page = open_chat(service)
     service.stop()
     send(page, "hello?")
     assert error_shown(page, "unreachable") == "The service is unreachable. Is it running?"
@@ -451,9 +414,9 @@ HOSTILE = (
 
 
 def test_html_in_a_message_or_a_reply_is_shown_never_run(
-    service: Service, open_page: Opener
+    service: Service, open_chat: Opener
 ) -> None:
-    page = open_page(service)
+    page = open_chat(service)
     send(page, HOSTILE + "\n\n```\n</code></pre><script>window.__pwned=7</script>\n```")
     wait_for_reply(page)
 
@@ -485,8 +448,8 @@ MARKDOWN = (
 )
 
 
-def test_markdown_in_a_reply_is_rendered(service: Service, open_page: Opener) -> None:
-    page = open_page(service)
+def test_markdown_in_a_reply_is_rendered(service: Service, open_chat: Opener) -> None:
+    page = open_chat(service)
     send(page, MARKDOWN)
     wait_for_reply(page)
     reply = replies(page).first
@@ -498,8 +461,8 @@ def test_markdown_in_a_reply_is_rendered(service: Service, open_page: Opener) ->
     assert reply.locator("pre code").inner_text() == "print('a code block')"
 
 
-def test_a_phone_width_page_has_no_sideways_scroll(service: Service, open_page: Opener) -> None:
-    page = open_page(service, width=375, height=740)
+def test_a_phone_width_page_has_no_sideways_scroll(service: Service, open_chat: Opener) -> None:
+    page = open_chat(service, viewport=PHONE)
     send(page, "a " + "x" * 300 + "\n\n```\n" + "y" * 300 + "\n```")
     wait_for_reply(page)
     assert page.evaluate("document.documentElement.scrollWidth") <= 375
@@ -512,12 +475,12 @@ def test_a_phone_width_page_has_no_sideways_scroll(service: Service, open_page: 
 
 
 @pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
-def test_screenshots_for_the_readme(service: Service, open_page: Opener, dark: bool) -> None:
+def test_screenshots_for_the_readme(service: Service, open_chat: Opener, dark: bool) -> None:
     """docs/screenshots/chat-{light,dark}-{desktop,phone}.png, as shown in the README."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     scheme = "dark" if dark else "light"
-    for device, (width, height) in {"desktop": (1100, 720), "phone": (375, 740)}.items():
-        page = open_page(service, width=width, height=height, dark=dark)
+    for device, viewport in {"desktop": {"width": 1100, "height": 720}, "phone": PHONE}.items():
+        page = open_chat(service, viewport=viewport, dark=dark)
         send(page, "What can you do?")
         wait_for_reply(page)
         send(page, MARKDOWN)
