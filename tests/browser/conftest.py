@@ -50,10 +50,12 @@ PageOpener = Callable[..., Page]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """`-m browser` runs these alone (tests/conftest.py marks the other layers by folder)."""
+    """`-m browser` runs these alone (tests/conftest.py marks the other layers by folder).
+    They are also `slow`: a real browser's minute stays out of the inner loop."""
     for item in items:
         if HERE in Path(str(item.fspath)).parents:
             item.add_marker("browser")
+            item.add_marker("slow")
 
 
 def chromium_path() -> str | None:
@@ -65,7 +67,7 @@ def chromium_path() -> str | None:
 def browser() -> Iterator[Browser]:
     path = chromium_path()
     if path is None:
-        pytest.skip("chromium is not on PATH: scripts/install-browser installs Debian's")
+        pytest.fail("chromium is not on PATH: scripts/install-browser installs Debian's")
     # One Chromium for tests/browser, stopped when the package is done: while Playwright's sync
     # API is started its event loop counts as running in this thread, and pytest-asyncio's
     # tests in later folders fail with "cannot be called from a running event loop".
