@@ -24,7 +24,6 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, ViewportSize, sync_playwright
 
 from tests.e2e.conftest import Service, ServiceLauncher, launch, module_launch, module_redis
-from tests.support.redis_server import RedisServer
 
 __all__ = ["launch", "module_launch", "module_redis"]  # fixtures the page tests use too
 
@@ -133,6 +132,7 @@ def page(open_page: PageOpener) -> Page:
 
 
 @pytest.fixture(scope="module")
-def service(module_launch: ServiceLauncher, module_redis: RedisServer) -> Service:
-    """The service on the echo model (no provider configured), shared by a module."""
-    return module_launch({"redis": {"url": module_redis.url}})
+def service(module_launch: ServiceLauncher) -> Service:
+    """The service on its embedded defaults (the echo model, the embedded Redis), as a
+    newcomer starts it, shared by a module."""
+    return module_launch({})
