@@ -123,20 +123,18 @@ class ModelRouter:
         self._samples: dict[str, TokenSample] = {}  # since the last refresh
         self._learnt_windows: dict[str, int] = {}  # as providers stated them, where unset
 
-    @property
-    def names(self) -> list[str]:
-        return list(self._names)
-
     def check_fits(self, question: str) -> None:
         """Raise InvalidMessage when no model could take `question` even alone."""
         needs = []
         for route in self._routes:
             budget = self._budget(route)
+            if budget is None:
+                return
             estimate = self._estimate(route)
             needed = estimate.of(question)
             if self._system_prompt:
                 needed += estimate.of(self._system_prompt)
-            if budget is None or needed <= budget:
+            if needed <= budget:
                 return
             needs.append((budget, needed))
         room, needed = max(needs)
@@ -352,10 +350,12 @@ class ModelRouter:
     def _note_sample(self, route: ModelRoute, tokens: int, chars: int, messages: int) -> None:
         """Input tokens less the messages' fixed share, against the prompt's characters."""
         text_tokens = tokens - MESSAGE_TOKENS * messages
-        if text_tokens <= 0 or chars <= 0:
-            return
-        held = self._samples.get(route.name, TokenSample(0, 0))
-        self._samples[route.name] = TokenSample(held.tokens + text_tokens, held.chars + chars)
+        if text_tokens > 0 and chars > 0:
+            self._add_sample(route.name, TokenSample(text_tokens, chars))
+
+    def _add_sample(self, name: str, sample: TokenSample) -> None:
+        held = self._samples.get(name, TokenSample(0, 0))
+        self._samples[name] = TokenSample(held.tokens + sample.tokens, held.chars + sample.chars)
 
     async def _fresh_view(self) -> None:
         if len(self._routes) == 1 and self._budget(self._routes[0]) is None:
@@ -379,10 +379,7 @@ class ModelRouter:
             statuses = await self._health.statuses(self._names, samples)
         except BaseException:
             for name, sample in samples.items():  # not lost: sent with the next refresh
-                held = self._samples.get(name, TokenSample(0, 0))
-                self._samples[name] = TokenSample(
-                    held.tokens + sample.tokens, held.chars + sample.chars
-                )
+                self._add_sample(name, sample)
             raise
         self._seen_at = asked_at
         for name, status in statuses.items():

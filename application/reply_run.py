@@ -69,11 +69,11 @@ class ReplyRun:
             if index < len(self.events):
                 batch = self.events[index:]
                 index += len(batch)
-                if batch[-1].terminal:
-                    await self.logged.wait()
-                yield batch
                 if batch[-1].terminal:  # always a reply's last
+                    await self.logged.wait()
+                    yield batch
                     return
+                yield batch
                 continue
             await self._grew.wait()
             now = time.monotonic()

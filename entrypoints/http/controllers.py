@@ -60,8 +60,8 @@ class Status(msgspec.Struct):
 
 
 class ModelState(msgspec.Struct, omit_defaults=True):
-    """A configured model's state. cooling_down: it kept failing, so it is skipped for
-    retry_in_seconds; at 0 the next request that reaches it probes it."""
+    """A configured model's state. cooling_down: it kept failing, so for retry_in_seconds
+    it is asked only after every other model failed; at 0 the next request probes it."""
 
     name: str
     state: Literal["up", "cooling_down"]
