@@ -1,5 +1,5 @@
-"""Chat histories and request receipts in dicts: the Redis adapter's semantics (trim, TTL,
-namespaces, receipts written with their exchange), no server."""
+"""Chat histories, session records and request receipts in dicts: the Redis adapter's
+semantics (trim, TTL, namespaces, receipts written with their exchange), no server."""
 
 import time
 from collections.abc import Callable
@@ -7,7 +7,7 @@ from datetime import datetime
 
 from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, Reply
 from domain.message import Message
-from domain.session import SessionKey
+from domain.session import SessionInfo, SessionKey
 
 
 class MemoryHistory:
@@ -22,6 +22,7 @@ class MemoryHistory:
         self._ttl = ttl_seconds
         self._now = monotonic
         self._sessions: dict[SessionKey, tuple[list[Message], float | None]] = {}
+        self._opened: dict[SessionKey, tuple[SessionInfo, float | None]] = {}
         self._receipts: dict[tuple[str, str], tuple[Receipt, float]] = {}
 
     def _live(self, key: SessionKey) -> list[Message] | None:
@@ -33,6 +34,19 @@ class MemoryHistory:
             del self._sessions[key]
             return None
         return messages
+
+    def _expires_at(self) -> float | None:
+        return self._now() + self._ttl if self._ttl else None
+
+    def _live_info(self, key: SessionKey) -> SessionInfo | None:
+        entry = self._opened.get(key)
+        if entry is None:
+            return None
+        info, expires_at = entry
+        if expires_at is not None and self._now() >= expires_at:
+            del self._opened[key]
+            return None
+        return info
 
     async def load(self, key: SessionKey) -> list[Message]:
         return list(self._live(key) or ())
@@ -59,8 +73,9 @@ class MemoryHistory:
         if question in stored:  # a retried write, as RedisHistory recognises it
             return None
         messages = [*stored, question, answer][-self._max_messages :]
-        expires_at = self._now() + self._ttl if self._ttl else None
-        self._sessions[key] = (messages, expires_at)
+        self._sessions[key] = (messages, self._expires_at())
+        if (info := self._live_info(key)) is not None:
+            self._opened[key] = (info, self._expires_at())
         if receipt is not None:
             self._keep_receipt(receipt, RECEIPT_TTL_SECONDS)
         return None
@@ -81,9 +96,17 @@ class MemoryHistory:
 
     async def delete(self, key: SessionKey) -> None:
         self._sessions.pop(key, None)
+        self._opened.pop(key, None)
+
+    async def open(self, key: SessionKey, info: SessionInfo) -> None:
+        self._opened[key] = (info, self._expires_at())
+
+    async def info(self, key: SessionKey) -> SessionInfo | None:
+        return self._live_info(key)
 
     async def purge(self, written_before: datetime | None = None) -> int:
-        """As RedisHistory: a history's last write is its newest message's timestamp."""
+        """As RedisHistory: a history's last write is its newest message's timestamp; an idle
+        purge leaves the record of a session without history to its TTL."""
         doomed = [
             key
             for key in list(self._sessions)
@@ -92,6 +115,9 @@ class MemoryHistory:
         ]
         for key in doomed:
             del self._sessions[key]
+            self._opened.pop(key, None)
+        if written_before is None:
+            self._opened.clear()
         return len(doomed)
 
     async def ping(self) -> None:

@@ -1,6 +1,8 @@
-"""Chat histories as Redis lists: one key per session, one msgpack entry per message."""
+"""Chat histories as Redis lists: one key per session, one msgpack entry per message; beside
+each, the session's record (SessionInfo) when it was opened before its first exchange."""
 
 import logging
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import cast
 
@@ -10,7 +12,7 @@ from redis.asyncio import Redis
 from adapters.redis_client import StoreCall
 from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, Reply
 from domain.message import Message, Role
-from domain.session import SessionKey
+from domain.session import SessionInfo, SessionKey
 
 log = logging.getLogger(__name__)
 
@@ -19,12 +21,14 @@ PURGE_TIMEOUT_SECONDS = 300.0  # a whole purge, however many batches it takes
 
 # One atomic step per exchange. A script rather than MULTI/EXEC so that a retried write
 # (the connection died after Redis ran it but before the reply arrived) is recognised by
-# its question, which carries a microsecond timestamp, and not appended twice. With a
-# receipt (KEYS[2]), a request already answered is not appended again: its receipt is
-# returned instead.
+# its question, which carries a microsecond timestamp, and not appended twice.
+# KEYS: history, session record (its TTL follows the history's; EXPIRE and PERSIST leave a
+# missing one missing), receipt (optional). ARGV: max messages, ttl s (0: none), question,
+# answer, and with a receipt: stored receipt, its ttl s. With a receipt, a request already
+# answered is not appended again: its receipt is returned instead.
 _APPEND_EXCHANGE = """
-if KEYS[2] then
-  local held = redis.call('GET', KEYS[2])
+if KEYS[3] then
+  local held = redis.call('GET', KEYS[3])
   if held and string.sub(held, 1, 1) == 'd' then return held end
 end
 if redis.call('LPOS', KEYS[1], ARGV[3], 'RANK', -1) then return 0 end
@@ -32,10 +36,12 @@ redis.call('RPUSH', KEYS[1], ARGV[3], ARGV[4])
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 if tonumber(ARGV[2]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
 else
   redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[2])
 end
-if KEYS[2] then redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6]) end
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[6]) end
 return 1
 """
 
@@ -58,10 +64,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 0
 """
 
-# Delete a history only if its newest entry is still the one the purge judged idle: every
-# entry is unique (microsecond timestamp), so a write in between keeps the history.
+# Delete a history (KEYS[1]) and its session record (KEYS[2]) only if the history's newest
+# entry is still the one the purge judged idle: every entry is unique (microsecond
+# timestamp), so a write in between keeps both. Returns the histories deleted.
 _UNLINK_UNCHANGED = """
-if redis.call('LINDEX', KEYS[1], -1) == ARGV[1] then return redis.call('UNLINK', KEYS[1]) end
+if redis.call('LINDEX', KEYS[1], -1) == ARGV[1] then
+  redis.call('UNLINK', KEYS[1], KEYS[2])
+  return 1
+end
 return 0
 """
 
@@ -87,12 +97,18 @@ def _entry(message: Message) -> bytes:
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_Entry).decode
 _decode_receipt = msgspec.msgpack.Decoder(Receipt).decode
+_decode_info = msgspec.msgpack.Decoder(SessionInfo).decode
 
 
 def history_key(key_prefix: str, key: SessionKey) -> str:
     """A session's history. Its other keys are tagged `{<this key>}`: a key without a tag
     hashes whole, so in a Redis Cluster they all share this one's slot."""
     return f"{key_prefix}:history:{key.namespace}:{key.session_id}"
+
+
+def _record_key(history: str) -> str:
+    """The session record beside a history, in its cluster slot."""
+    return "{" + history + "}:session"
 
 
 def _milliseconds(seconds: float) -> int:
@@ -122,6 +138,9 @@ class RedisHistory:
         self._client = client
         self._key_prefix = key_prefix
         self._prefix = f"{key_prefix}:history:"
+        # Braces are no glob characters, and namespaces and session ids hold none: this
+        # matches the session records only, not the reply log's keys tagged the same way.
+        self._records = "{" + _glob_escape(self._prefix) + "*}:session"
         self._max_messages = max_messages
         self._ttl = ttl_seconds
         self._receipt_prefix = f"{key_prefix}:receipt:"
@@ -155,7 +174,8 @@ class RedisHistory:
     async def append_exchange(
         self, key: SessionKey, question: Message, answer: Message, receipt: Receipt | None = None
     ) -> Reply | None:
-        keys = [self._key(key)]
+        history = self._key(key)
+        keys = [history, _record_key(history)]
         args: list[bytes | int] = [
             self._max_messages,
             self._ttl,
@@ -185,29 +205,53 @@ class RedisHistory:
             await self._release(keys=[self._receipt_key(pending)], args=[_stored_receipt(pending)])
 
     async def delete(self, key: SessionKey) -> None:
+        history = self._key(key)
         async with StoreCall(_UNAVAILABLE):
-            await self._client.unlink(self._key(key))
+            await self._client.unlink(history, _record_key(history))
+
+    async def open(self, key: SessionKey, info: SessionInfo) -> None:
+        async with StoreCall(_UNAVAILABLE):
+            await self._client.set(_record_key(self._key(key)), _encode(info), ex=self._ttl or None)
+
+    async def info(self, key: SessionKey) -> SessionInfo | None:
+        async with StoreCall(_UNAVAILABLE):
+            stored = cast(bytes | None, await self._client.get(_record_key(self._key(key))))
+        if stored is None:
+            return None
+        try:
+            return _decode_info(stored)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("ignoring an unreadable record of session %s", key.session_id)
+            return None
 
     async def purge(self, written_before: datetime | None = None, batch: int = 500) -> int:
-        """SCAN in batches, never KEYS (it blocks Redis) nor FLUSHDB (not only ours).
+        """SCAN in batches, never KEYS (it blocks Redis) nor FLUSHDB (not only ours); return
+        how many histories were deleted.
 
         With `written_before`, a history's last write is its newest entry's timestamp: one
-        LINDEX per history, pipelined, then a compare-and-unlink per idle one, so a history
-        written to in between is kept. An entry that cannot be read counts as idle.
+        LINDEX per history, pipelined, then a compare-and-unlink of it and its session record
+        per idle one, so a history written to in between is kept. An entry that cannot be
+        read counts as idle. A record without a history (a session opened, never written)
+        is left to its TTL. Without `written_before`, every history and every record goes.
         """
         deleted = 0
         async with StoreCall(_UNAVAILABLE, seconds=PURGE_TIMEOUT_SECONDS):
-            names: list[bytes] = []
-            async for name in self._client.scan_iter(
-                match=_glob_escape(self._prefix) + "*", count=batch
-            ):
-                names.append(name)
-                if len(names) >= batch:
-                    deleted += await self._purge_batch(names, written_before)
-                    names = []
-            if names:
+            async for names in self._batches(_glob_escape(self._prefix) + "*", batch):
                 deleted += await self._purge_batch(names, written_before)
+            if written_before is None:
+                async for names in self._batches(self._records, batch):
+                    await self._client.unlink(*names)
         return deleted
+
+    async def _batches(self, match: str, batch: int) -> AsyncIterator[list[bytes]]:
+        names: list[bytes] = []
+        async for name in self._client.scan_iter(match=match, count=batch):
+            names.append(name)
+            if len(names) >= batch:
+                yield names
+                names = []
+        if names:
+            yield names
 
     async def _purge_batch(self, names: list[bytes], written_before: datetime | None) -> int:
         if written_before is None:
@@ -225,7 +269,9 @@ class RedisHistory:
             return 0
         async with self._client.pipeline(transaction=False) as pipe:
             for name, entry in idle:
-                await self._unlink_unchanged(keys=[name], args=[entry], client=pipe)
+                await self._unlink_unchanged(
+                    keys=[name, _record_key(name.decode())], args=[entry], client=pipe
+                )
             return sum(cast(list[int], await pipe.execute()))
 
     async def ping(self) -> None:

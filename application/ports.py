@@ -9,7 +9,7 @@ from domain.conversation import Conversation
 from domain.idempotency import Receipt, Reply
 from domain.message import Message
 from domain.reply_events import ReplyEvent
-from domain.session import SessionKey
+from domain.session import SessionInfo, SessionKey
 
 Clock = Callable[[], datetime]
 
@@ -38,7 +38,19 @@ class ChatHistory(Protocol):
         """
         ...
 
-    async def delete(self, key: SessionKey) -> None: ...
+    async def delete(self, key: SessionKey) -> None:
+        """Forget the session: its messages and what `open` recorded."""
+        ...
+
+    async def open(self, key: SessionKey, info: SessionInfo) -> None:
+        """Record that the session exists before its first exchange. The record lives as
+        long as the history would (the TTL, refreshed by every exchange) and goes with it
+        (delete, purge)."""
+        ...
+
+    async def info(self, key: SessionKey) -> SessionInfo | None:
+        """What `open` recorded, while it lasts; None for a session never opened so."""
+        ...
 
     async def purge(self, written_before: datetime | None = None) -> int:
         """Delete the histories last written before `written_before`, or every history when

@@ -3,6 +3,7 @@
 import hashlib
 import re
 import uuid
+from datetime import datetime
 
 import msgspec
 
@@ -27,6 +28,14 @@ class SessionKey(msgspec.Struct, frozen=True):
 
     namespace: str
     session_id: str
+
+
+class SessionInfo(msgspec.Struct, frozen=True):
+    """What a session was opened with, for one opened before its first exchange (OpenAI's
+    POST /v1/conversations): when, and the client's metadata."""
+
+    created_at: datetime
+    metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 def new_session_id() -> str:
