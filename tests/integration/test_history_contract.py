@@ -17,7 +17,7 @@ from adapters.redis_history import RedisHistory
 from application.ports import ChatHistory
 from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, Reply
 from domain.message import Message
-from domain.session import SessionKey
+from domain.session import SessionInfo, SessionKey
 
 PREFIX = "chat-test"
 KEY = SessionKey("public", "s-1")
@@ -58,8 +58,14 @@ def memory_store() -> HistoryStore:
 def redis_store(client: Redis) -> HistoryStore:
     async def advance(seconds: float) -> None:
         # Redis cannot be told the time, so shorten every key's remaining TTL by as much:
-        # what Redis holds after that much time (a non-positive PEXPIRE deletes).
-        async for name in client.scan_iter(match=f"{PREFIX}:*"):
+        # what Redis holds after that much time (a non-positive PEXPIRE deletes). Session
+        # records are tagged with their history key: `{chat-test:history:...}:session`.
+        names = [
+            name
+            for match in (f"{PREFIX}:*", f"{{{PREFIX}:*")
+            async for name in client.scan_iter(match=match)
+        ]
+        for name in names:
             remaining = await client.pttl(name)
             if remaining >= 0:
                 await client.pexpire(name, remaining - int(seconds * 1000))
@@ -235,6 +241,123 @@ async def test_concurrent_exchanges_keep_each_answer_after_its_question(
 
 async def test_ping_answers(store: HistoryStore) -> None:
     await store.make(10, 60).ping()
+
+
+# --- sessions opened before their first exchange (OpenAI's POST /v1/conversations) ----------
+
+OPENED = SessionInfo(T0, {"topic": "démo", "empty": ""})
+
+
+async def test_an_opened_session_reads_back_what_it_was_opened_with(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+
+    await history.open(KEY, OPENED)
+    info = await history.info(KEY)
+
+    assert info == OPENED
+    assert info is not None
+    assert info.created_at.utcoffset() is not None
+    assert info.created_at.astimezone(UTC) == datetime(2024, 5, 1, 10, 30, 15, 123456, tzinfo=UTC)
+    assert await history.load(KEY) == []
+
+
+async def test_a_session_never_opened_has_no_info(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    await history.append_exchange(KEY, *exchange(1))
+
+    assert await history.info(KEY) is None
+    assert await history.info(SessionKey("public", "unknown")) is None
+
+
+async def test_an_opened_session_is_not_seen_from_another_namespace(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+
+    await history.open(SessionKey("alice", "shared"), OPENED)
+
+    assert await history.info(SessionKey("bob", "shared")) is None
+
+
+async def test_an_opened_session_without_exchange_expires_with_the_ttl(
+    store: HistoryStore,
+) -> None:
+    history = store.make(10, 60)
+    await history.open(KEY, OPENED)
+
+    await store.advance(59)
+    assert await history.info(KEY) == OPENED
+    await store.advance(2)
+    assert await history.info(KEY) is None
+
+
+async def test_an_exchange_refreshes_the_ttl_of_the_opened_session(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    await history.open(KEY, OPENED)
+    await store.advance(50)
+    await history.append_exchange(KEY, *exchange(1))
+
+    await store.advance(50)  # 100 s after the open, 50 s after the exchange
+    assert await history.info(KEY) == OPENED
+    await store.advance(11)
+    assert await history.info(KEY) is None
+    assert await history.load(KEY) == []
+
+
+async def test_with_ttl_zero_an_opened_session_never_expires(store: HistoryStore) -> None:
+    history = store.make(10, 0)
+    await history.open(KEY, OPENED)
+    await history.open(SessionKey("public", "talked"), OPENED)
+    await history.append_exchange(SessionKey("public", "talked"), *exchange(1))
+
+    await store.advance(10 * 365 * 24 * 3600)
+
+    assert await history.info(KEY) == OPENED
+    assert await history.info(SessionKey("public", "talked")) == OPENED
+
+
+async def test_delete_forgets_what_the_session_was_opened_with(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    talked, silent = SessionKey("public", "talked"), SessionKey("public", "silent")
+    await history.open(talked, OPENED)
+    await history.append_exchange(talked, *exchange(1))
+    await history.open(silent, OPENED)
+
+    await history.delete(talked)
+    await history.delete(silent)
+
+    assert await history.info(talked) is None
+    assert await history.info(silent) is None
+
+
+async def test_purge_of_everything_forgets_every_opened_session(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    talked, silent = SessionKey("public", "talked"), SessionKey("alice", "silent")
+    await history.open(talked, OPENED)
+    await history.append_exchange(talked, *exchange(1))
+    await history.open(silent, OPENED)
+
+    assert await history.purge() == 1  # histories
+
+    assert await history.info(talked) is None
+    assert await history.info(silent) is None
+
+
+async def test_purge_of_idle_histories_forgets_their_opened_sessions_only(
+    store: HistoryStore,
+) -> None:
+    """An opened session without history is left to its TTL."""
+    history = store.make(10, 60)
+    idle, recent = SessionKey("public", "idle"), SessionKey("public", "recent")
+    silent = SessionKey("public", "silent")
+    for key in (idle, recent, silent):
+        await history.open(key, OPENED)
+    await history.append_exchange(idle, *exchange(10))
+    await history.append_exchange(recent, *exchange(60))
+
+    assert await history.purge(written_before=T0 + timedelta(seconds=50)) == 1
+
+    assert await history.info(idle) is None
+    assert await history.info(recent) == OPENED
+    assert await history.info(silent) == OPENED
 
 
 # --- receipts of requests made with an Idempotency-Key ---------------------------------------

@@ -1,6 +1,7 @@
 """What only the Redis history can get wrong: key layout, purging, round trips, outages."""
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -9,18 +10,22 @@ from pathlib import Path
 import msgspec
 import pytest
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
 from adapters.redis_client import connect
 from adapters.redis_coordination import RedisJobLock, RedisRateLimiter
 from adapters.redis_history import RedisHistory
 from application.errors import HistoryUnavailable
 from domain.message import Message
-from domain.session import SessionKey
+from domain.session import SessionInfo, SessionKey
 from tests.support.redis_server import RedisServer
 
 PREFIX = "chat-test"
 KEY = SessionKey("public", "s-1")
 T0 = datetime(2024, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
+OPENED = SessionInfo(T0, {"topic": "demo"})
+HISTORY = f"{PREFIX}:history:public:s-1"
+RECORD = f"{{{HISTORY}}}:session"
 
 
 def exchange(n: int) -> tuple[Message, Message]:
@@ -58,6 +63,16 @@ async def test_every_key_is_the_prefixed_session_key(
     }
 
 
+async def test_the_session_record_sits_in_its_history_keys_cluster_slot(
+    redis_client: Redis, history: RedisHistory
+) -> None:
+    await history.open(KEY, OPENED)
+    await history.append_exchange(KEY, *exchange(1))
+
+    assert await all_keys(redis_client) == {HISTORY, RECORD}
+    assert key_slot(RECORD.encode()) == key_slot(HISTORY.encode())
+
+
 async def test_ttl_zero_makes_an_expiring_history_persistent(redis_client: Redis) -> None:
     await redis_history(redis_client, ttl_seconds=60).append_exchange(KEY, *exchange(1))
     name = f"{PREFIX}:history:public:s-1"
@@ -66,6 +81,26 @@ async def test_ttl_zero_makes_an_expiring_history_persistent(redis_client: Redis
     await redis_history(redis_client, ttl_seconds=0).append_exchange(KEY, *exchange(2))
 
     assert await redis_client.pttl(name) == -1
+
+
+async def test_ttl_zero_makes_an_expiring_session_record_persistent(redis_client: Redis) -> None:
+    await redis_history(redis_client, ttl_seconds=60).open(KEY, OPENED)
+    assert 59_000 < await redis_client.pttl(RECORD) <= 60_000
+
+    await redis_history(redis_client, ttl_seconds=0).append_exchange(KEY, *exchange(1))
+
+    assert await redis_client.pttl(RECORD) == -1
+
+
+async def test_an_unreadable_session_record_reads_as_none_with_a_warning(
+    redis_client: Redis, history: RedisHistory, caplog: pytest.LogCaptureFixture
+) -> None:
+    await redis_client.set(RECORD, b"\xc1 not msgpack")
+
+    with caplog.at_level(logging.WARNING, logger="adapters.redis_history"):
+        assert await history.info(KEY) is None
+
+    assert "unreadable record of session s-1" in caplog.text
 
 
 async def test_purge_deletes_only_history_keys(redis_client: Redis, history: RedisHistory) -> None:
@@ -87,13 +122,32 @@ async def test_purge_deletes_only_history_keys(redis_client: Redis, history: Red
     assert await other_app.load(KEY) == list(exchange(9))
 
 
+async def test_purge_deletes_session_records_but_not_the_reply_logs_keys_tagged_alike(
+    redis_client: Redis, history: RedisHistory
+) -> None:
+    await history.open(KEY, OPENED)
+    await history.open(SessionKey("public", "silent"), OPENED)
+    reply_log_keys = {f"{{{HISTORY}}}:reply:r1", f"{{{HISTORY}}}:latest-reply"}
+    for name in reply_log_keys:
+        await redis_client.set(name, "kept")
+    await redis_history(redis_client, key_prefix="other-app").open(KEY, OPENED)
+
+    assert await history.purge() == 0
+
+    assert await all_keys(redis_client) == {
+        *reply_log_keys,
+        "{other-app:history:public:s-1}:session",
+    }
+
+
 async def test_purge_spans_many_scan_batches(redis_client: Redis, history: RedisHistory) -> None:
     for n in range(1_200):
+        await history.open(SessionKey("public", f"s{n}"), OPENED)
         await history.append_exchange(SessionKey("public", f"s{n}"), *exchange(n))
     await redis_client.set(f"{PREFIX}:other", "kept")
 
     assert await history.purge(written_before=exchange(700)[0].created_at) == 700
-    assert len(await all_keys(redis_client)) == 501
+    assert len(await all_keys(redis_client)) == 1 + 2 * 500
     assert await history.purge() == 500
 
     assert await all_keys(redis_client) == {f"{PREFIX}:other"}
@@ -135,14 +189,20 @@ async def test_purge_treats_glob_characters_in_the_prefix_literally(
     globby = redis_history(redis_client, key_prefix="a*b[1]")
     lookalike = redis_history(redis_client, key_prefix="aXb1")
     await globby.append_exchange(KEY, *exchange(1))
+    await globby.open(KEY, OPENED)
     await lookalike.append_exchange(KEY, *exchange(2))
     await lookalike.append_exchange(SessionKey("public", "s-2"), *exchange(3))
+    await lookalike.open(KEY, OPENED)
 
     assert await globby.purge() == 1
 
     assert await globby.load(KEY) == []
     assert await lookalike.load(KEY) == list(exchange(2))
-    assert await all_keys(redis_client) == {"aXb1:history:public:s-1", "aXb1:history:public:s-2"}
+    assert await all_keys(redis_client) == {
+        "aXb1:history:public:s-1",
+        "aXb1:history:public:s-2",
+        "{aXb1:history:public:s-1}:session",
+    }
 
 
 async def commands_sent(
@@ -167,6 +227,7 @@ async def commands_sent(
 async def test_one_read_is_one_lrange_and_one_write_is_one_evalsha(
     redis_server: RedisServer, redis_client: Redis, history: RedisHistory
 ) -> None:
+    await history.open(KEY, OPENED)
     await history.append_exchange(KEY, *exchange(1))  # opens the connection, loads the script
     url = redis_server.url
 
@@ -174,6 +235,18 @@ async def test_one_read_is_one_lrange_and_one_write_is_one_evalsha(
     assert await commands_sent(
         redis_client, url, lambda: history.append_exchange(KEY, *exchange(2))
     ) == ["evalsha"]
+
+
+async def test_delete_is_one_unlink_of_the_history_and_its_record(
+    redis_server: RedisServer, redis_client: Redis, history: RedisHistory
+) -> None:
+    await history.open(KEY, OPENED)
+    await history.append_exchange(KEY, *exchange(1))
+
+    sent = await commands_sent(redis_client, redis_server.url, lambda: history.delete(KEY))
+
+    assert sent == ["unlink"]
+    assert await all_keys(redis_client) == set()
 
 
 async def test_undecodable_entries_are_skipped(redis_client: Redis, history: RedisHistory) -> None:
@@ -221,6 +294,8 @@ async def test_stopped_redis_raises_history_unavailable_within_seconds(
         lambda: history.append_exchange(KEY, *exchange(2)),
         history.ping,
         lambda: history.delete(KEY),
+        lambda: history.open(KEY, OPENED),
+        lambda: history.info(KEY),
         history.purge,
     ]
     for call in calls:

@@ -13,7 +13,7 @@ from adapters.memory_history import MemoryHistory
 from application.errors import HistoryUnavailable, ModelTimeout
 from application.model_routing import ModelRoute
 from domain.message import Message
-from domain.session import SessionKey
+from domain.session import SessionInfo, SessionKey
 from entrypoints.asgi import create_app
 from entrypoints.config import (
     AuthSettings,
@@ -41,6 +41,12 @@ class DownHistory(MemoryHistory):
     async def append_exchange(
         self, key: SessionKey, question: Message, answer: Message, receipt: object = None
     ) -> None:
+        raise HistoryUnavailable("the history store is unavailable")
+
+    async def open(self, key: SessionKey, info: SessionInfo) -> None:
+        raise HistoryUnavailable("the history store is unavailable")
+
+    async def info(self, key: SessionKey) -> SessionInfo | None:
         raise HistoryUnavailable("the history store is unavailable")
 
     async def ping(self) -> None:
