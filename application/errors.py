@@ -5,6 +5,10 @@ class SessionNotFound(LookupError):
     pass
 
 
+class ModelNotFound(LookupError):
+    """A request named a model that is not configured."""
+
+
 class HistoryUnavailable(RuntimeError):
     """The history store did not answer in time; nothing was changed."""
 

@@ -13,6 +13,7 @@ from typing import NamedTuple, TypeVar
 from application.errors import (
     ContextTooLong,
     HistoryUnavailable,
+    ModelNotFound,
     ModelRejected,
     ModelTimeout,
     ModelUnavailable,
@@ -48,6 +49,29 @@ class ModelRoute:
     context_tokens: int = 0
     max_tokens: int | None = None
     call_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class TurnOptions:
+    """What a client may ask of one turn besides its message (OpenAI's API does): one
+    configured model alone rather than the configured order; instructions, sent after the
+    system prompt; and earlier messages, sent after the stored history. For this turn only:
+    none of them is stored."""
+
+    model: str | None = None
+    instructions: str | None = None
+    context: tuple[Message, ...] = ()
+
+    def identity(self) -> tuple[object, ...]:
+        """What tells two turns of one message apart, for an Idempotency-Key's fingerprint:
+        nothing when every option is left as configured."""
+        if self == AS_CONFIGURED:
+            return ()
+        earlier = [(m.role, m.content) for m in self.context]
+        return (self.model, self.instructions, earlier)
+
+
+AS_CONFIGURED = TurnOptions()
 
 
 class OpenedStream(NamedTuple):
@@ -98,6 +122,9 @@ class ModelRouter:
       A store that fails leaves the last view in place. A lone model of unknown window
       needs no view (nothing to choose, nothing to count): then nothing is read.
     - Until the shared calibration has a model's rate, this process's own reports set it.
+    - A turn may name one configured model: then it alone is asked (with its own retries,
+      no fallback). Its instructions follow the system prompt, and its earlier messages the
+      stored history (TurnOptions).
     """
 
     def __init__(
@@ -123,17 +150,24 @@ class ModelRouter:
         self._samples: dict[str, TokenSample] = {}  # since the last refresh
         self._learnt_windows: dict[str, int] = {}  # as providers stated them, where unset
 
-    def check_fits(self, question: str) -> None:
-        """Raise InvalidMessage when no model could take `question` even alone."""
+    @property
+    def names(self) -> list[str]:
+        """The configured models, in the order they are asked."""
+        return list(self._names)
+
+    def check_fits(self, question: str, options: TurnOptions = AS_CONFIGURED) -> None:
+        """Raise InvalidMessage when no model could take `question` even alone, and
+        ModelNotFound when options name a model that is not configured."""
         needs = []
-        for route in self._routes:
+        system = self._system(options)
+        for route in self._chosen(options):
             budget = self._budget(route)
             if budget is None:
                 return
             estimate = self._estimate(route)
             needed = estimate.of(question)
-            if self._system_prompt:
-                needed += estimate.of(self._system_prompt)
+            if system:
+                needed += estimate.of(system)
             if needed <= budget:
                 return
             needs.append((budget, needed))
@@ -144,41 +178,69 @@ class ModelRouter:
             f"{max(0, room)} besides the reply's max_tokens"
         )
 
-    async def reply(self, history: Sequence[Message], question: Message) -> Answer:
+    async def reply(
+        self,
+        history: Sequence[Message],
+        question: Message,
+        options: TurnOptions = AS_CONFIGURED,
+    ) -> Answer:
         """The first answer a model gives, with its name and usage (estimated when the
         provider counts none)."""
 
         async def ask(route: ModelRoute, sent: Conversation) -> tuple[Conversation, Answer]:
             return sent, await route.model.reply(sent)
 
-        route, (sent, answer) = await self._first(history, question, ask)
+        route, (sent, answer) = await self._first(history, question, options, ask)
         self._calibrate(route, sent, answer.usage)
         usage = answer.usage or estimate_usage(prompt_texts(sent), answer.text)
         return Answer(answer.text, usage, route.name)
 
-    async def stream(self, history: Sequence[Message], question: Message) -> OpenedStream:
+    async def stream(
+        self,
+        history: Sequence[Message],
+        question: Message,
+        options: TurnOptions = AS_CONFIGURED,
+    ) -> OpenedStream:
         """The first model's stream that writes text, once it has."""
-        _, opened = await self._first(history, question, self._open)
+        _, opened = await self._first(history, question, options, self._open)
         return opened
+
+    def _chosen(self, options: TurnOptions) -> tuple[ModelRoute, ...]:
+        if options.model is None:
+            return self._routes
+        for route in self._routes:
+            if route.name == options.model:
+                return (route,)
+        raise ModelNotFound(
+            f"no model is named {options.model!r}; the configured models are "
+            + ", ".join(self._names)
+        )
+
+    def _system(self, options: TurnOptions) -> str | None:
+        parts = (self._system_prompt, options.instructions)
+        return "\n\n".join(part for part in parts if part) or None
 
     async def _first(
         self,
         history: Sequence[Message],
         question: Message,
+        options: TurnOptions,
         ask: Callable[[ModelRoute, Conversation], Awaitable[T]],
     ) -> tuple[ModelRoute, T]:
         """Ask each model in turn until one answers; a context refusal once more, trimmed."""
         failures: list[tuple[str, ModelUnavailable]] = []
-        attempts = self._attempts(history, question)
+        if options.context:
+            history = [*history, *options.context]
+        system = self._system(options)
+        attempts = self._attempts(self._chosen(options), system, history, question)
         async with contextlib.aclosing(attempts):  # not left to the loop's finalizer hook
             async for route, sent in attempts:
                 try:
                     try:
                         answer = await ask(route, sent)
                     except ContextTooLong as error:
-                        answer = await ask(
-                            route, self._tighter(route, sent, error, history, question)
-                        )
+                        tighter = self._tighter(route, sent, error, system, history, question)
+                        answer = await ask(route, tighter)
                 except ModelRejected:
                     raise
                 except ModelUnavailable as error:
@@ -222,15 +284,19 @@ class ModelRouter:
     # --- which model, and what it is sent ----------------------------------------------------
 
     async def _attempts(
-        self, history: Sequence[Message], question: Message
+        self,
+        routes: Sequence[ModelRoute],
+        system: str | None,
+        history: Sequence[Message],
+        question: Message,
     ) -> AsyncGenerator[tuple[ModelRoute, Conversation], None]:
         """The models to ask, in order, each with what it is sent (none it cannot fit): one
         cooling down, or whose probe another request holds, after all the others."""
         await self._fresh_view()
         later = []
-        for route in self._routes:
+        for route in routes:
             conversation = fit_conversation(
-                self._system_prompt,
+                system,
                 history,
                 question,
                 budget=self._budget(route),
@@ -271,6 +337,7 @@ class ModelRouter:
         route: ModelRoute,
         sent: Conversation,
         refusal: ContextTooLong,
+        system: str | None,
         history: Sequence[Message],
         question: Message,
     ) -> Conversation:
@@ -296,9 +363,7 @@ class ModelRouter:
         budget = self._budget(route)
         if budget is None:
             budget = estimate.of_conversation(sent)
-        tighter = fit_conversation(
-            self._system_prompt, history, question, budget=budget, estimate=harder
-        )
+        tighter = fit_conversation(system, history, question, budget=budget, estimate=harder)
         if tighter is None or len(tighter.messages) >= len(sent.messages):
             raise refusal
         return tighter

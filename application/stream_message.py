@@ -8,7 +8,7 @@ import msgspec
 
 from application.attach_reply import AttachReply
 from application.errors import HistoryUnavailable, ModelUnavailable
-from application.model_routing import ModelRouter, OpenedStream
+from application.model_routing import AS_CONFIGURED, ModelRouter, OpenedStream, TurnOptions
 from application.ports import ChatHistory, Clock, ReplyLog
 from application.reply_publisher import FINAL_PUBLISH_SECONDS, ReplyPublisher
 from application.reply_run import ReplyRun, Streamed, nothing_to_do
@@ -92,19 +92,20 @@ class StreamMessage:
         idempotency_key: str | None = None,
         *,
         idle_seconds: float,
+        options: TurnOptions = AS_CONFIGURED,
     ) -> Streamed:
         """Return once the model has written its first text (or, for a repeated request,
         once the first is found); the events follow, None after each idle_seconds."""
         key = SessionKey(namespace, session_id_or_new(session_id))
         question = Message("user", check_user_message(text, self._max_message_chars), self._clock())
-        self._models.check_fits(question.content)
+        self._models.check_fits(question.content, options)
         reply_id = new_reply_id()
         pending = None
         if idempotency_key is not None and self._leases is not None:
             pending = Receipt(
                 namespace,
                 parse_idempotency_key(idempotency_key),
-                fingerprint(session_id, text),
+                fingerprint(session_id, text, *options.identity()),
                 session_id=key.session_id,
                 reply_id=reply_id,
             )
@@ -121,7 +122,7 @@ class StreamMessage:
             if isinstance(earlier, Streamed):
                 return earlier
         try:
-            run = await self._run(key, question, reply_id, pending)
+            run = await self._run(key, question, options, reply_id, pending)
         except Exception:  # (a cancelled caller leaves the run, and its key, to the producer)
             if pending is not None and self._leases is not None:
                 await self._leases.release(pending)
@@ -129,11 +130,16 @@ class StreamMessage:
         return Streamed(run.reply_id, run.follow(idle_seconds), lambda: self.client_gone(run))
 
     async def _run(
-        self, key: SessionKey, question: Message, reply_id: str, pending: Receipt | None
+        self,
+        key: SessionKey,
+        question: Message,
+        options: TurnOptions,
+        reply_id: str,
+        pending: Receipt | None,
     ) -> ReplyRun:
         stored = await self._history.load(key)
         run = ReplyRun(key, reply_id)
-        run.task = asyncio.create_task(self._produce(run, question, stored, pending))
+        run.task = asyncio.create_task(self._produce(run, question, options, stored, pending))
         self._running[run.task] = run
         run.task.add_done_callback(self._forget)
         try:
@@ -166,6 +172,7 @@ class StreamMessage:
         self,
         run: ReplyRun,
         question: Message,
+        options: TurnOptions,
         stored: list[Message],
         pending: Receipt | None,
     ) -> None:
@@ -174,7 +181,7 @@ class StreamMessage:
             lease = asyncio.create_task(self._leases.keep(pending))
         try:
             try:
-                opened = await self._models.stream(stored, question)
+                opened = await self._models.stream(stored, question, options)
             except BaseException as error:
                 if isinstance(error, asyncio.CancelledError):  # before anything was promised
                     run.committed.cancel()

@@ -55,8 +55,8 @@ def parse_idempotency_key(raw: str) -> str:
     return key
 
 
-def fingerprint(session_id: str | None, message: str) -> str:
-    """What makes two requests the same: the session they name (blank = a new one) and the
-    message, exactly as sent."""
+def fingerprint(session_id: str | None, message: str, *also: object) -> str:
+    """What makes two requests the same: the session they name (blank = a new one), the
+    message, exactly as sent, and whatever `also` else the request asked of its turn."""
     session = (session_id or "").strip()
-    return hashlib.sha256(msgspec.msgpack.encode((session, message))).hexdigest()
+    return hashlib.sha256(msgspec.msgpack.encode((session, message, *also))).hexdigest()

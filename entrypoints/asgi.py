@@ -31,6 +31,7 @@ from entrypoints.http.disconnect import cancel_on_disconnect
 from entrypoints.http.docs import DOCS_PATH, docs_assets, docs_render_plugins
 from entrypoints.http.errors import EXCEPTION_HANDLERS
 from entrypoints.http.limits import MAX_BODY_BYTES
+from entrypoints.http.openai import openai_router
 from entrypoints.http.page import chat_page, page_assets
 from entrypoints.http.streams import StreamController
 from entrypoints.logs import configure_logging
@@ -109,7 +110,15 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         **security,
     )
     return Litestar(
-        route_handlers=[chat, health, ready, chat_page, page_assets(), docs_assets()],
+        route_handlers=[
+            chat,
+            openai_router(settings.auth.tokens, security),
+            health,
+            ready,
+            chat_page,
+            page_assets(),
+            docs_assets(),
+        ],
         lifespan=[lifespan],
         # configure_logging()'s plain handler, not Litestar's queue handler: its thread is
         # never drained in a worker ended by uvicorn's re-raised SIGTERM, losing last lines.

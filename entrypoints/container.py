@@ -27,7 +27,9 @@ from adapters.redis_coordination import RedisJobLock, RedisRateLimiter
 from adapters.redis_history import RedisHistory
 from adapters.redis_model_health import RedisModelHealth
 from adapters.redis_reply_log import RedisReplyLog
+from application.answer_unstored import AnswerUnstored
 from application.attach_reply import AttachReply
+from application.conversations import Conversations
 from application.delete_history import DeleteHistory
 from application.model_routing import ModelRoute, ModelRouter
 from application.ports import ChatHistory, JobLock, LanguageModel, RateLimiter
@@ -265,6 +267,13 @@ class Container(containers.DeclarativeContainer):
         on_disconnect=llm.stream_on_disconnect,
         leases=leases,
     )
+    answer_unstored = providers.Singleton(
+        AnswerUnstored,
+        history,
+        models,
+        max_message_chars=settings.provided.history.max_message_chars,
+    )
+    conversations = providers.Singleton(Conversations, history)
     stop_reply = providers.Singleton(StopReply, reply_log)
     show_history = providers.Singleton(ShowHistory, history)
     delete_history = providers.Singleton(DeleteHistory, history)
@@ -296,6 +305,8 @@ class Services:
 
     send_message: SendMessage
     stream_message: StreamMessage
+    answer_unstored: AnswerUnstored
+    conversations: Conversations
     attach_reply: AttachReply
     stop_reply: StopReply
     show_history: ShowHistory
@@ -318,6 +329,8 @@ class Services:
         return cls(
             send_message=await get(container.send_message),
             stream_message=await get(container.stream_message),
+            answer_unstored=await get(container.answer_unstored),
+            conversations=await get(container.conversations),
             attach_reply=await get(container.attach_reply),
             stop_reply=await get(container.stop_reply),
             show_history=await get(container.show_history),

@@ -1,7 +1,7 @@
 """Every error leaves as JSON `{"status_code", "detail"}`; no client or upstream cause is a 500."""
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 from litestar import MediaType, Request, Response
@@ -12,6 +12,7 @@ from litestar.types import ExceptionHandlersMap
 from application.errors import (
     HistoryUnavailable,
     IdempotencyConflict,
+    ModelNotFound,
     ModelTimeout,
     ModelUnavailable,
     SessionNotFound,
@@ -52,26 +53,35 @@ def _validation_detail(error: ValidationException) -> str:
     return f"invalid request{' body' if in_body else ''}: " + "; ".join(reasons)
 
 
-def _http_exception(_: Request[Any, Any, Any], error: HTTPException) -> Response[Problem]:
+class Explained(NamedTuple):
+    """A failure as a client is told it, whatever the shape of the body that tells it."""
+
+    status: int
+    detail: str
+    headers: dict[str, str] | None = None
+
+
+def _http_exception(error: HTTPException) -> Explained:
     detail = _validation_detail(error) if isinstance(error, ValidationException) else error.detail
     if error.status_code == 413:
         detail = f"request body is too large (the limit is {MAX_BODY})"
     elif isinstance(error.__cause__, SerializationException):
         detail = f"request body is not valid JSON: {detail}"
-    return problem(error.status_code, detail, error.headers)
+    return Explained(error.status_code, detail, error.headers)
 
 
-def _unreadable_body(_: Request[Any, Any, Any], error: Exception) -> Response[Problem]:
+def _unreadable_body(error: Exception) -> Explained:
     """msgspec raises these two past Litestar's own JSON error handling."""
     if isinstance(error, UnicodeDecodeError):
-        return problem(400, "request body is not valid JSON: it is not UTF-8")
-    return problem(400, "request body is not valid JSON: it is nested too deeply")
+        return Explained(400, "request body is not valid JSON: it is not UTF-8")
+    return Explained(400, "request body is not valid JSON: it is nested too deeply")
 
 
 # What each failure of a use case means to a client, in one table; the first match counts.
 _STATUS: dict[type[Exception], int] = {
     InvalidInput: 400,
     SessionNotFound: 404,
+    ModelNotFound: 404,
     IdempotencyConflict: 409,
     HistoryUnavailable: 503,
     ModelTimeout: 504,
@@ -84,26 +94,40 @@ def status_of(error: BaseException) -> int:
     return next((code for kind, code in _STATUS.items() if isinstance(error, kind)), 500)
 
 
-def _failed(request: Request[Any, Any, Any], error: Exception) -> Response[Problem]:
+def _failed(request: Request[Any, Any, Any], error: Exception) -> Explained:
     status = status_of(error)
     if status < 500:  # the caller's mistake: the use case's message is the detail, as it is
-        return problem(status, str(error))
+        return Explained(status, str(error))
     if status == 503:  # the store's own error says why, for the operator
         log.warning("%s %s: %s (%r)", request.method, request.url.path, error, error.__cause__)
-        return problem(503, f"{error}; try again shortly", {"Retry-After": "1"})
+        return Explained(503, f"{error}; try again shortly", {"Retry-After": "1"})
     log.warning("%s %s: %s", request.method, request.url.path, error)
-    return problem(status, str(error))
+    return Explained(status, str(error))
 
 
-def _unexpected(request: Request[Any, Any, Any], error: Exception) -> Response[Problem]:
+def explain(request: Request[Any, Any, Any], error: Exception) -> Explained:
+    """What to tell the client about `error`; a failure of the service itself is logged."""
+    if isinstance(error, HTTPException):
+        return _http_exception(error)
+    if isinstance(error, UnicodeDecodeError | RecursionError):
+        return _unreadable_body(error)
+    if isinstance(error, tuple(_STATUS)):
+        return _failed(request, error)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=error)
-    return problem(500, "internal error; it has been logged")
+    return Explained(500, "internal error; it has been logged")
 
 
-EXCEPTION_HANDLERS: ExceptionHandlersMap = {
-    HTTPException: _http_exception,
-    UnicodeDecodeError: _unreadable_body,
-    RecursionError: _unreadable_body,
-    **dict.fromkeys(_STATUS, _failed),
-    Exception: _unexpected,
-}
+def _problem(request: Request[Any, Any, Any], error: Exception) -> Response[Problem]:
+    explained = explain(request, error)
+    return problem(explained.status, explained.detail, explained.headers)
+
+
+# Every kind `explain` tells apart; Litestar picks a handler by the exception's type.
+HANDLED: tuple[type[Exception], ...] = (
+    HTTPException,
+    UnicodeDecodeError,
+    RecursionError,
+    *_STATUS,
+    Exception,
+)
+EXCEPTION_HANDLERS: ExceptionHandlersMap = dict.fromkeys(HANDLED, _problem)

@@ -10,7 +10,7 @@ the first event, and work on every stream, for what one watch on `receive` does 
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import msgspec
 from litestar import Controller, get, post
@@ -78,19 +78,28 @@ def _frame(reply_id: str, event: ReplyEvent) -> bytes:
 
 
 class EventStream:
-    """The response to a stream request, as an ASGI app. A client that hangs up ends it
-    (Litestar's Stream did the same); the reply itself runs on, unless told otherwise by
-    `client_gone`. `streamed` None: 204, nothing more to send."""
+    """The response to a stream request, as an ASGI app: each chunk of `frames` in one
+    write. A client that hangs up ends it (Litestar's Stream did the same); what `frames`
+    does then is its own (a reply runs on, unless told otherwise by `client_gone`).
+    `frames` None: 204, nothing more to send."""
 
-    def __init__(self, streamed: Streamed | None) -> None:
-        self._streamed = streamed
+    def __init__(
+        self, frames: AsyncIterator[bytes] | None, headers: dict[str, str] | None = None
+    ) -> None:
+        self._frames = frames
+        self._headers = _HEADERS
+        if headers:
+            self._headers = [
+                *_HEADERS,
+                *((k.lower().encode(), v.encode()) for k, v in headers.items()),
+            ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._streamed is None:
+        if self._frames is None:
             await send({"type": "http.response.start", "status": 204, "headers": []})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
         writer = asyncio.current_task()
         assert writer is not None
 
@@ -101,7 +110,7 @@ class EventStream:
         watch = asyncio.create_task(_hang_up(receive))
         watch.add_done_callback(hung_up)
         try:
-            async for chunk in _frames(self._streamed):
+            async for chunk in self._frames:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
@@ -165,7 +174,7 @@ StreamEvent = SessionEvent | DeltaEvent | DoneEvent | ErrorEvent
 def _stream_spec() -> dict[int, ResponseSpec]:
     return {
         200: ResponseSpec(
-            StreamEvent,
+            cast(Any, StreamEvent),  # a union, which Litestar documents as oneOf
             description=EVENTS_DESCRIPTION,
             media_type=MEDIA_TYPE,
             generate_examples=False,
@@ -204,7 +213,7 @@ class StreamController(Controller):
             idempotency_key,
             idle_seconds=KEEP_ALIVE_SECONDS,
         )
-        return EventStream(streamed)
+        return EventStream(_frames(streamed))
 
     @get(
         "/{session_id:str}/stream",
@@ -240,7 +249,8 @@ class StreamController(Controller):
         streamed = await caller.services.attach_reply.execute(
             caller.namespace, session_id, last_event_id, idle_seconds=KEEP_ALIVE_SECONDS
         )
-        return EventStream(streamed)  # None: 204, which tells EventSource to stop reconnecting
+        # None: 204, which tells EventSource to stop reconnecting
+        return EventStream(None if streamed is None else _frames(streamed))
 
     @post(
         "/{session_id:str}/stop",

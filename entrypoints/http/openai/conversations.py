@@ -1,0 +1,112 @@
+"""OpenAI's Conversations over the service's sessions, and its model list."""
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import JSONBody, QueryParameter
+
+from domain.message import Message
+from entrypoints.http.controllers import Caller, SessionIdInPath, caller_of
+from entrypoints.http.openai.errors import InvalidParameter
+from entrypoints.http.openai.ids import item_id
+from entrypoints.http.openai.turns import DEFAULT_MODEL
+from entrypoints.http.openai.wire import (
+    Conversation,
+    ConversationCreate,
+    ConversationDeleted,
+    ConversationItem,
+    ConversationItems,
+    InputText,
+    Model,
+    ModelList,
+    OutputText,
+)
+
+ITEMS_MAX_LIMIT = 100
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _item(message: Message) -> ConversationItem:
+    text: InputText | OutputText = (
+        InputText(text=message.content)
+        if message.role == "user"
+        else OutputText(text=message.content)
+    )
+    return ConversationItem(id=item_id(message), role=message.role, content=[text])
+
+
+class ConversationsController(Controller):
+    path = "/conversations"
+    tags = ["openai"]  # noqa: RUF012  (Litestar reads it as a class attribute)
+    dependencies = {"caller": Provide(caller_of, sync_to_thread=False)}  # noqa: RUF012
+
+    @post("/", status_code=200, summary="Create a conversation (a session of this service)")
+    async def create(
+        self, caller: NamedDependency[Caller], data: JSONBody[ConversationCreate | None] = None
+    ) -> Conversation:
+        metadata = (data.metadata if data else None) or {}
+        session_id, info = await caller.services.conversations.create(caller.namespace, metadata)
+        return Conversation(
+            id=session_id, created_at=_epoch(info.created_at), metadata=info.metadata
+        )
+
+    @get("/{conversation_id:str}", summary="A conversation: any session of this token")
+    async def show(
+        self, conversation_id: SessionIdInPath, caller: NamedDependency[Caller]
+    ) -> Conversation:
+        info, _ = await caller.services.conversations.show(caller.namespace, conversation_id)
+        return Conversation(
+            id=conversation_id.strip(), created_at=_epoch(info.created_at), metadata=info.metadata
+        )
+
+    @delete(
+        "/{conversation_id:str}", status_code=200, summary="Delete a conversation and its history"
+    )
+    async def forget(
+        self, conversation_id: SessionIdInPath, caller: NamedDependency[Caller]
+    ) -> ConversationDeleted:
+        await caller.services.conversations.delete(caller.namespace, conversation_id)
+        return ConversationDeleted(id=conversation_id.strip())
+
+    @get("/{conversation_id:str}/items", summary="A conversation's stored messages")
+    async def items(
+        self,
+        conversation_id: SessionIdInPath,
+        caller: NamedDependency[Caller],
+        after: Annotated[str | None, QueryParameter(description="An item id")] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=ITEMS_MAX_LIMIT)] = 20,
+        order: Annotated[Literal["asc", "desc"], QueryParameter()] = "desc",
+    ) -> ConversationItems:
+        """Newest first unless order=asc; `after` an item id, for the next page."""
+        _, messages = await caller.services.conversations.show(caller.namespace, conversation_id)
+        listed = [_item(message) for message in messages]
+        if order == "desc":
+            listed.reverse()
+        if after is not None:
+            ids = [item.id for item in listed]
+            if after not in ids:
+                raise InvalidParameter("after", f"no item {after!r} in this conversation")
+            listed = listed[ids.index(after) + 1 :]
+        page = listed[:limit]
+        return ConversationItems(
+            data=page,
+            first_id=page[0].id if page else None,
+            last_id=page[-1].id if page else None,
+            has_more=len(listed) > limit,
+        )
+
+
+@get(
+    "/models",
+    summary="The models a request may name: default (the configured order), then each",
+    tags=["openai"],
+    dependencies={"caller": Provide(caller_of, sync_to_thread=False)},
+)
+async def list_models(caller: NamedDependency[Caller]) -> ModelList:
+    names = [DEFAULT_MODEL, *caller.services.models.names]
+    return ModelList(data=[Model(id=name, created=0) for name in names])

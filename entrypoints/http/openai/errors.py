@@ -1,0 +1,91 @@
+"""Errors in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, so that its SDKs
+raise their own classes. The statuses and words are the service's own (entrypoints/http/
+errors.py explains each failure once); only the body differs."""
+
+import re
+from typing import Any
+
+import msgspec
+from litestar import MediaType, Request, Response
+from litestar.exceptions import ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from application.errors import ModelNotFound
+from entrypoints.http.errors import HANDLED, explain
+
+
+class ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(msgspec.Struct):
+    error: ErrorDetail
+
+
+class InvalidParameter(ValidationException):
+    """A request parameter that cannot be served as sent, named for the client."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(detail=f"{param}: {message}")
+        self.param = param
+
+
+# OpenAI's codes for what the service's statuses mean.
+_CODES = {
+    401: "invalid_api_key",
+    404: "not_found",
+    409: "conflict",
+    413: "request_too_large",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    502: "upstream_error",
+    503: "service_unavailable",
+    504: "upstream_timeout",
+}
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`(?: - at `\$\.?([^`]*)`)?")
+_AT = re.compile(r" - at `\$\.?([^`]*)`")
+
+
+def error_type(status: int) -> str:
+    if status == 429:
+        return "requests"
+    return "server_error" if status >= 500 else "invalid_request_error"
+
+
+def error_code(status: int) -> str | None:
+    return _CODES.get(status)
+
+
+def _code_and_param(error: Exception, status: int, message: str) -> tuple[str | None, str | None]:
+    if isinstance(error, ModelNotFound):
+        return "model_not_found", "model"
+    if isinstance(error, InvalidParameter):
+        return "invalid_value", error.param
+    if isinstance(error, ValidationException):
+        if unknown := _UNKNOWN_FIELD.search(message):
+            field, within = unknown[1], unknown[2]
+            return "unsupported_parameter", f"{within}.{field}" if within else field
+        at = _AT.search(message)
+        return "invalid_value", at[1] if at and at[1] else None
+    return error_code(status), None
+
+
+def error_body(status: int, message: str, code: str | None, param: str | None = None) -> ErrorBody:
+    return ErrorBody(ErrorDetail(message, error_type(status), param, code))
+
+
+def _openai_error(request: Request[Any, Any, Any], error: Exception) -> Response[ErrorBody]:
+    explained = explain(request, error)
+    code, param = _code_and_param(error, explained.status, explained.detail)
+    return Response(
+        error_body(explained.status, explained.detail, code, param),
+        status_code=explained.status,
+        headers=explained.headers,
+        media_type=MediaType.JSON,
+    )
+
+
+OPENAI_EXCEPTION_HANDLERS: ExceptionHandlersMap = dict.fromkeys(HANDLED, _openai_error)

@@ -1,0 +1,221 @@
+"""OpenAI's Responses API over the service's sessions, and its Chat Completions."""
+
+import time
+from typing import Annotated
+
+import msgspec
+from litestar import Controller, post
+from litestar.di import NamedDependency, Provide
+from litestar.params import HeaderParameter, JSONBody
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from application.errors import SessionNotFound
+from domain.answer import Usage, estimate_usage
+from entrypoints.http.controllers import Caller, IdempotencyKeyHeader, caller_of
+from entrypoints.http.errors import status_of
+from entrypoints.http.openai.errors import InvalidParameter
+from entrypoints.http.openai.events import (
+    ChatChunks,
+    ResponsesEvents,
+    ResponseShape,
+    response,
+    stored_pieces,
+    unstored_pieces,
+)
+from entrypoints.http.openai.ids import completion_id, output_id, response_id, session_of, turn_id
+from entrypoints.http.openai.turns import turn
+from entrypoints.http.openai.wire import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    CompletionUsage,
+    Content,
+    ConversationRef,
+    OutputMessage,
+    OutputText,
+    ResponsesRequest,
+    Role,
+)
+from entrypoints.http.streams import KEEP_ALIVE_SECONDS, EventStream
+
+SESSION_HEADER = "X-Session-ID"
+_encode = msgspec.json.Encoder().encode
+
+
+class JsonAnswer:
+    """A JSON answer as an ASGI app, for a handler that answers with a stream otherwise
+    (Litestar picks one way of answering per handler, from its return annotation)."""
+
+    def __init__(self, body: object, headers: dict[str, str] | None = None) -> None:
+        self._body = _encode(body)
+        self._headers = [(b"content-type", b"application/json")]
+        for name, value in (headers or {}).items():
+            self._headers.append((name.lower().encode(), value.encode()))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self._headers})
+        await send({"type": "http.response.body", "body": self._body, "more_body": False})
+
+
+async def _session(caller: Caller, data: ResponsesRequest) -> str | None:
+    """The session a Responses turn continues, which must exist; None: a new one."""
+    conversation = data.conversation
+    if conversation is not None and data.previous_response_id is not None:
+        raise InvalidParameter(
+            "previous_response_id", "give conversation or previous_response_id, not both"
+        )
+    if conversation is not None:
+        session_id = conversation if isinstance(conversation, str) else conversation.id
+        await caller.services.conversations.show(caller.namespace, session_id)
+        return session_id.strip()
+    if data.previous_response_id is not None:
+        continued = session_of(data.previous_response_id)
+        missing = SessionNotFound(f"no response {data.previous_response_id!r} to continue")
+        if continued is None:
+            raise missing
+        try:
+            await caller.services.conversations.show(caller.namespace, continued)
+        except SessionNotFound:
+            raise missing from None
+        return continued
+    return None
+
+
+class ResponsesController(Controller):
+    path = "/"
+    tags = ["openai"]  # noqa: RUF012  (Litestar reads it as a class attribute)
+    dependencies = {"caller": Provide(caller_of, sync_to_thread=False)}  # noqa: RUF012
+
+    @post("/responses", status_code=200, summary="Answer a turn, OpenAI's Responses API")
+    async def responses(
+        self,
+        data: JSONBody[ResponsesRequest],
+        caller: NamedDependency[Caller],
+        idempotency_key: IdempotencyKeyHeader = None,
+    ) -> ASGIApp:
+        if isinstance(data.input, str):
+            messages: list[tuple[Role, Content]] = [("user", data.input)]
+        else:
+            messages = [(m.role, m.content) for m in data.input]
+        text, options = turn("input", messages, model=data.model, instructions=data.instructions)
+        session_id = await _session(caller, data)
+        conversation = data.conversation
+        shape = ResponseShape(
+            data.model,
+            data.instructions,
+            data.previous_response_id,
+            ConversationRef(conversation) if isinstance(conversation, str) else conversation,
+            data.metadata or {},
+            data.store,
+        )
+        turned = turn_id(caller.namespace, idempotency_key)
+        services = caller.services
+        if data.stream:
+            if data.store:
+                streamed = await services.stream_message.start(
+                    caller.namespace,
+                    session_id,
+                    text,
+                    idempotency_key,
+                    idle_seconds=KEEP_ALIVE_SECONDS,
+                    options=options,
+                )
+                pieces = stored_pieces(streamed)
+            else:
+                unstored = await services.answer_unstored.stream(
+                    caller.namespace, session_id, text, options
+                )
+                pieces = unstored_pieces(unstored, status_of)
+            return EventStream(ResponsesEvents(shape, turned).frames(pieces))
+        if data.store:
+            reply = await services.send_message.execute(
+                caller.namespace, session_id, text, idempotency_key, options
+            )
+            answered, usage, model = reply.response, reply.usage, reply.model
+            stored_in: str | None = reply.session_id
+        else:
+            answer = await services.answer_unstored.reply(
+                caller.namespace, session_id, text, options
+            )
+            answered, usage, model, stored_in = answer.text, answer.usage, answer.model, None
+        message = OutputMessage(
+            id=output_id(turned), status="completed", content=[OutputText(text=answered)]
+        )
+        body = response(
+            shape,
+            response_id(turned, stored_in),
+            int(time.time()),
+            message,
+            usage=usage or estimate_usage((text,), answered),
+            model=model,
+        )
+        return JsonAnswer(body)
+
+    @post(
+        "/chat/completions",
+        status_code=200,
+        summary="Answer a turn, OpenAI's Chat Completions (X-Session-ID: kept in a session)",
+    )
+    async def chat_completions(
+        self,
+        data: JSONBody[ChatCompletionRequest],
+        caller: NamedDependency[Caller],
+        idempotency_key: IdempotencyKeyHeader = None,
+        session_id: Annotated[
+            str | None,
+            HeaderParameter(
+                name=SESSION_HEADER,
+                required=False,
+                description=(
+                    "Keep the conversation in this session: its last message is the new "
+                    "turn, and the stored history is what the model sees. Without it, "
+                    "messages is the whole conversation and nothing is stored."
+                ),
+            ),
+        ] = None,
+    ) -> ASGIApp:
+        stored = session_id is not None
+        messages = [(m.role, m.content) for m in data.messages]
+        text, options = turn("messages", messages, model=data.model, keep_earlier=not stored)
+        services = caller.services
+        headers = {SESSION_HEADER: session_id.strip()} if session_id is not None else None
+        completion = completion_id()
+        if data.stream:
+            include_usage = data.stream_options is not None and data.stream_options.include_usage
+            if stored:
+                streamed = await services.stream_message.start(
+                    caller.namespace,
+                    session_id,
+                    text,
+                    idempotency_key,
+                    idle_seconds=KEEP_ALIVE_SECONDS,
+                    options=options,
+                )
+                chunks = ChatChunks(completion, data.model, include_usage)
+                return EventStream(chunks.frames(stored_pieces(streamed)), headers)
+            unstored = await services.answer_unstored.stream(caller.namespace, None, text, options)
+            chunks = ChatChunks(completion, unstored.model, include_usage)
+            return EventStream(chunks.frames(unstored_pieces(unstored, status_of)))
+        if stored:
+            reply = await services.send_message.execute(
+                caller.namespace, session_id, text, idempotency_key, options
+            )
+            answered, usage, model = reply.response, reply.usage, reply.model
+            headers = {SESSION_HEADER: reply.session_id}
+        else:
+            answer = await services.answer_unstored.reply(caller.namespace, None, text, options)
+            answered, usage, model = answer.text, answer.usage, answer.model
+        counted: Usage = usage or estimate_usage((text,), answered)
+        body = ChatCompletion(
+            id=completion,
+            created=int(time.time()),
+            model=model or data.model,
+            choices=[Choice(message=AssistantMessage(content=answered))],
+            usage=CompletionUsage(
+                prompt_tokens=counted.input_tokens,
+                completion_tokens=counted.output_tokens,
+                total_tokens=counted.input_tokens + counted.output_tokens,
+            ),
+        )
+        return JsonAnswer(body, headers)

@@ -1,0 +1,259 @@
+"""OpenAI's request and response bodies, the subset the service speaks.
+
+Requests forbid unknown fields: a parameter the service does not implement is a 400 naming it
+(code `unsupported_parameter`), never silently ignored. Responses carry every field the
+official SDK requires, with the values a plain text reply has.
+"""
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+class TextPart(msgspec.Struct, tag_field="type", tag="text", forbid_unknown_fields=True):
+    """Chat Completions' text content part."""
+
+    text: str
+
+
+class InputTextPart(msgspec.Struct, tag_field="type", tag="input_text", forbid_unknown_fields=True):
+    text: str
+
+
+class OutputTextPart(msgspec.Struct, tag_field="type", tag="output_text"):
+    """An earlier answer sent back as input (its annotations and logprobs are not read)."""
+
+    text: str
+
+
+ContentPart = TextPart | InputTextPart | OutputTextPart
+Content = str | list[ContentPart]
+Role = Literal["system", "developer", "user", "assistant"]
+
+
+class InputMessage(msgspec.Struct, forbid_unknown_fields=True):
+    """A message of a Responses `input` list; an output item sent back has id and status."""
+
+    role: Role
+    content: Content
+    type: Literal["message"] = "message"
+    id: str | None = None
+    status: str | None = None
+
+
+class ConversationRef(msgspec.Struct, forbid_unknown_fields=True):
+    id: str
+
+
+class ResponsesRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    input: str | list[InputMessage]
+    model: str = "default"
+    conversation: str | ConversationRef | None = None
+    previous_response_id: str | None = None
+    instructions: str | None = None
+    stream: bool = False
+    store: bool = True
+    metadata: dict[str, str] | None = None
+
+
+class ChatMessage(msgspec.Struct, forbid_unknown_fields=True):
+    role: Role
+    content: Content
+    name: str | None = None
+
+
+class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    messages: list[ChatMessage]
+    model: str
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Meta(ge=1, le=1)] = 1
+    user: str | None = None
+
+
+class ConversationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    metadata: dict[str, str] | None = None
+    items: Annotated[list[InputMessage], Meta(max_length=0)] | None = None
+
+
+def text_of(content: Content) -> str:
+    if isinstance(content, str):
+        return content
+    return "\n".join(part.text for part in content)
+
+
+# --- responses --------------------------------------------------------------------------------
+
+
+class InputTokensDetails(msgspec.Struct):
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+
+class OutputTokensDetails(msgspec.Struct):
+    reasoning_tokens: int = 0
+
+
+class ResponseUsage(msgspec.Struct, kw_only=True):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_tokens_details: InputTokensDetails = msgspec.field(default_factory=InputTokensDetails)
+    output_tokens_details: OutputTokensDetails = msgspec.field(default_factory=OutputTokensDetails)
+
+
+class OutputText(msgspec.Struct, kw_only=True, tag_field="type", tag="output_text"):
+    text: str
+    annotations: list[Any] = msgspec.field(default_factory=list)
+    logprobs: list[Any] = msgspec.field(default_factory=list)
+
+
+class InputText(msgspec.Struct, kw_only=True, tag_field="type", tag="input_text"):
+    text: str
+
+
+class OutputMessage(msgspec.Struct, kw_only=True):
+    id: str
+    status: Literal["in_progress", "completed", "incomplete"]
+    content: list[OutputText]
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+
+
+class ConversationItem(msgspec.Struct, kw_only=True):
+    """A stored message, as GET /v1/conversations/{id}/items lists it."""
+
+    id: str
+    role: Literal["user", "assistant"]
+    content: list[InputText | OutputText]
+    type: Literal["message"] = "message"
+    status: Literal["completed"] = "completed"
+
+
+class ResponseError(msgspec.Struct):
+    code: str
+    message: str
+
+
+class TextFormat(msgspec.Struct):
+    type: Literal["text"] = "text"
+
+
+class TextConfig(msgspec.Struct):
+    format: TextFormat = msgspec.field(default_factory=TextFormat)
+
+
+class Response(msgspec.Struct, kw_only=True):
+    """OpenAI's Response object. `status` in_progress while a stream runs."""
+
+    id: str
+    created_at: int
+    model: str
+    status: Literal["in_progress", "completed", "failed"]
+    output: list[OutputMessage]
+    usage: ResponseUsage | None
+    instructions: str | None
+    previous_response_id: str | None
+    conversation: ConversationRef | None
+    metadata: dict[str, str]
+    store: bool
+    object: Literal["response"] = "response"
+    error: ResponseError | None = None
+    incomplete_details: None = None
+    parallel_tool_calls: bool = False
+    tool_choice: Literal["none"] = "none"
+    tools: list[Any] = msgspec.field(default_factory=list)
+    temperature: None = None
+    top_p: None = None
+    background: bool = False
+    text: TextConfig = msgspec.field(default_factory=TextConfig)
+    truncation: Literal["disabled"] = "disabled"
+
+
+class Conversation(msgspec.Struct, kw_only=True):
+    id: str
+    created_at: int
+    metadata: dict[str, str]
+    object: Literal["conversation"] = "conversation"
+
+
+class ConversationDeleted(msgspec.Struct, kw_only=True):
+    id: str
+    object: Literal["conversation.deleted"] = "conversation.deleted"
+    deleted: bool = True
+
+
+class ConversationItems(msgspec.Struct, kw_only=True):
+    data: list[ConversationItem]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+    object: Literal["list"] = "list"
+
+
+class Model(msgspec.Struct, kw_only=True):
+    id: str
+    created: int
+    object: Literal["model"] = "model"
+    owned_by: str = "chat-service"
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    data: list[Model]
+    object: Literal["list"] = "list"
+
+
+class CompletionUsage(msgspec.Struct, kw_only=True):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class AssistantMessage(msgspec.Struct, kw_only=True):
+    content: str
+    role: Literal["assistant"] = "assistant"
+    refusal: None = None
+
+
+class Choice(msgspec.Struct, kw_only=True):
+    message: AssistantMessage
+    index: int = 0
+    finish_reason: Literal["stop"] = "stop"
+    logprobs: None = None
+
+
+class ChatCompletion(msgspec.Struct, kw_only=True):
+    id: str
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: CompletionUsage
+    object: Literal["chat.completion"] = "chat.completion"
+
+
+class Delta(msgspec.Struct, kw_only=True, omit_defaults=True):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(msgspec.Struct, kw_only=True):
+    delta: Delta
+    index: int = 0
+    finish_reason: Literal["stop"] | None = None
+    logprobs: None = None
+
+
+class ChatCompletionChunk(msgspec.Struct, kw_only=True):
+    id: str
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: CompletionUsage | None = None
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
