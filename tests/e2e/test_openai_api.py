@@ -9,7 +9,7 @@ stand-in as its only model, for what the provider was sent and for provider fail
 Streaming has its own file, test_openai_streaming.py.
 """
 
-import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +28,13 @@ from tests.e2e.conftest import (
     openai_config,
     stored_messages,
 )
-from tests.support.provider_stub import ProviderStub, error_reply, openai_answering
+from tests.support.provider_stub import (
+    ProviderStub,
+    error_reply,
+    json_reply,
+    openai_answering,
+    openai_body,
+)
 from tests.support.redis_server import RedisServer
 
 ALICE, BOB = "tok-openai-alice", "tok-openai-bob"
@@ -186,7 +192,9 @@ def test_the_readme_example_on_the_embedded_defaults(launch: ServiceLauncher) ->
 
 def test_a_response_on_a_conversation_has_the_promised_shape(alice: OpenAI) -> None:
     conv = alice.conversations.create()
-    r = alice.responses.create(model="default", conversation={"id": conv.id}, input="shape")
+    r = alice.responses.create(
+        model="default", conversation={"id": conv.id}, input="shape", metadata={"k": "v"}
+    )
 
     assert r.id.startswith("resp_")
     assert r.status == "completed"
@@ -200,6 +208,15 @@ def test_a_response_on_a_conversation_has_the_promised_shape(alice: OpenAI) -> N
     assert r.conversation is not None
     assert r.conversation.id == conv.id
     assert r.previous_response_id is None
+    assert r.metadata == {"k": "v"}
+
+
+def test_usage_is_the_providers_counts(plain: OpenAI, stub: ProviderStub) -> None:
+    stub.plan(json_reply(openai_body("counted", usage=(11, 7))))
+    r = plain.responses.create(model="default", input="count")
+    assert r.output_text == "counted"
+    assert r.usage is not None
+    assert (r.usage.input_tokens, r.usage.output_tokens, r.usage.total_tokens) == (11, 7, 18)
 
 
 def test_previous_response_id_chains_responses_into_one_session(alice: OpenAI) -> None:
@@ -412,6 +429,7 @@ def test_a_conversation_is_created_with_metadata_and_retrieved(alice: OpenAI) ->
     again = alice.conversations.retrieve(conv.id)
 
     assert conv.id.startswith("conv_")
+    assert abs(conv.created_at - time.time()) < 60
     assert conv.object == "conversation"
     assert (again.id, again.created_at, again.metadata) == (
         conv.id,
@@ -444,9 +462,11 @@ def test_items_page_one_at_a_time_through_the_sdks_auto_paging(alice: OpenAI) ->
     assert texts(alice, conv.id, limit=3) == TWO_TURNS[::-1]
 
 
-def test_a_deleted_conversation_is_gone(alice: OpenAI) -> None:
+def test_a_deleted_conversation_is_gone(
+    service: Service, alice: OpenAI, http: httpx.Client
+) -> None:
     conv = alice.conversations.create()
-    two_turns(alice, conv.id)
+    r = alice.responses.create(model="default", conversation=conv.id, input="soon gone")
 
     deleted = alice.conversations.delete(conv.id)
     assert (deleted.id, deleted.deleted, deleted.object) == (conv.id, True, "conversation.deleted")
@@ -456,9 +476,14 @@ def test_a_deleted_conversation_is_gone(alice: OpenAI) -> None:
         alice.conversations.items.list(conv.id)
     with pytest.raises(openai.NotFoundError):
         alice.conversations.delete(conv.id)
+    with pytest.raises(openai.NotFoundError):  # the session its response named is gone
+        alice.responses.create(model="default", previous_response_id=r.id, input="still?")
+    assert stored_messages(service, http, conv.id) == []
 
 
 def test_an_unknown_conversation_is_not_found(alice: OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        alice.responses.create(model="default", conversation="conv_neverexisted", input="hi")
     with pytest.raises(openai.NotFoundError):
         alice.conversations.retrieve("conv_neverexisted")
     with pytest.raises(openai.NotFoundError):
@@ -577,6 +602,57 @@ def test_chat_completions_with_a_session_keep_its_history(
     ]
 
 
+def test_chat_completions_with_a_session_show_the_model_the_session_not_the_list(
+    plain: OpenAI, stub: ProviderStub, sid: str
+) -> None:
+    header = {"X-Session-ID": sid}
+    plain.chat.completions.create(
+        model="default",
+        messages=[
+            {"role": "developer", "content": "Be terse."},
+            {"role": "user", "content": "made-up question"},
+            {"role": "assistant", "content": "made-up answer"},
+            {"role": "user", "content": "one"},
+        ],
+        extra_headers=header,
+    )
+    plain.chat.completions.create(
+        model="default", messages=[{"role": "user", "content": "two"}], extra_headers=header
+    )
+
+    sent_first, sent_second = (request.json for request in stub.requests)
+    assert "Be terse." in system_texts(sent_first)
+    assert [m["content"] for m in sent_first["messages"] if m["role"] != "system"] == ["one"]
+    assert "Be terse." not in system_texts(sent_second)
+    assert [m["content"] for m in sent_second["messages"] if m["role"] != "system"] == [
+        "one",
+        DEFAULT_ANSWER,
+        "two",
+    ]
+
+
+def test_chat_completions_by_model_name_with_a_user_field(
+    alice: OpenAI, stub: ProviderStub
+) -> None:
+    completion = alice.chat.completions.create(
+        model=FALLBACK, messages=[{"role": "user", "content": "hi"}], user="end-user-7"
+    )
+    assert (completion.model, completion.choices[0].message.content) == (FALLBACK, DEFAULT_ANSWER)
+    assert completion.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("session_id", ["has space", "a/b", "x" * 129])
+def test_a_session_header_outside_chats_rules_is_a_bad_request(
+    alice: OpenAI, session_id: str
+) -> None:
+    with pytest.raises(openai.BadRequestError):
+        alice.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"X-Session-ID": session_id},
+        )
+
+
 # --- auth, isolation, rate limit -------------------------------------------------------------
 
 
@@ -600,9 +676,15 @@ def test_another_tokens_conversation_does_not_exist_for_it(alice: OpenAI, bob: O
         bob.responses.create(model="default", previous_response_id=r.id, input="mine now")
     with pytest.raises(openai.NotFoundError):
         bob.conversations.delete(conv.id)
-    # Posting to the id is either refused or Bob's own session; Alice's stays hers alone.
-    with contextlib.suppress(openai.NotFoundError):
+    with pytest.raises(openai.NotFoundError):
         bob.responses.create(model="default", conversation=conv.id, input="intruding")
+    # A session id in Bob's header names Bob's own session, new to him.
+    own = bob.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "intruding too"}],
+        extra_headers={"X-Session-ID": conv.id},
+    )
+    assert own.choices[0].message.content == echo_reply("intruding too")
     assert texts(alice, conv.id, order="asc") == [
         ("user", "input_text", "private"),
         ("assistant", "output_text", echo_reply("private")),
@@ -647,6 +729,22 @@ def test_a_repeated_idempotency_key_answers_once_and_stores_once(alice: OpenAI) 
 
     assert repeat.output_text == first.output_text == echo_reply("once")
     assert len(texts(alice, conv.id)) == 2
+
+
+def test_an_idempotency_key_on_a_chat_completion_with_a_session_stores_once(
+    service: Service, alice: OpenAI, http: httpx.Client, sid: str
+) -> None:
+    headers = {"X-Session-ID": sid, "Idempotency-Key": f"k3-{sid}"}
+    answers = [
+        alice.chat.completions.create(
+            model="default", messages=[{"role": "user", "content": "once"}], extra_headers=headers
+        )
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
+    assert answers == [echo_reply("once")] * 2
+    assert stored_messages(service, http, sid) == [("user", "once"), ("assistant", answers[0])]
 
 
 def test_the_same_idempotency_key_for_another_input_is_a_conflict(alice: OpenAI) -> None:

@@ -8,6 +8,7 @@ messages it saw); `stub_service` with the OpenAI-format stand-in, for a provider
 mid-stream. Clients validate every event strictly against the SDK's types.
 """
 
+import json
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -21,6 +22,7 @@ from tests.e2e.conftest import (
     echo_reply,
     openai_config,
     stored_messages,
+    wait_until,
 )
 from tests.support.provider_stub import (
     ProviderStub,
@@ -208,6 +210,41 @@ def test_a_provider_failing_after_the_first_text_ends_with_error_then_failed_not
     assert module_stub.planned == 0
 
 
+def test_each_event_on_the_wire_is_named_by_its_type(service: Service, http: httpx.Client) -> None:
+    body = {"model": "default", "input": "on the wire", "stream": True}
+    with http.stream("POST", "/v1/responses", json=body) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        blocks = "".join(response.iter_text()).strip().split("\n\n")
+
+    named = []
+    for block in blocks:
+        fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+        named.append((fields["event"], json.loads(fields["data"])["type"]))
+    assert all(event == kind for event, kind in named), named
+    assert collapsed([event for event, _ in named]) == [*OPENING, DELTA, *CLOSING]
+
+
+def test_a_stored_turn_runs_to_its_end_when_the_client_hangs_up(
+    service: Service, client: OpenAI, http: httpx.Client
+) -> None:
+    conv = client.conversations.create()
+    question = " ".join(f"w{n}" for n in range(40))  # 0.5 s of reply at 0.01 s a word
+    stream = client.responses.create(
+        model="default", conversation=conv.id, input=question, stream=True
+    )
+    for event in stream:
+        if event.type == DELTA:
+            break
+    stream.close()
+
+    def stored() -> bool:
+        return len(stored_messages(service, http, conv.id)) == 2
+
+    wait_until(stored, 5, "the abandoned turn to be stored")
+    assert stored_messages(service, http, conv.id)[1] == ("assistant", echo_reply(question))
+
+
 # --- Chat Completions ------------------------------------------------------------------------
 
 
@@ -253,6 +290,29 @@ def test_chat_completion_streams_with_a_session_store_each_turn(
         ("user", "two"),
         ("assistant", answers[1]),
     ]
+
+
+async def test_the_async_client_streams_chunks_into_a_session(
+    service: Service, aclient: AsyncOpenAI, http: httpx.Client, sid: str
+) -> None:
+    stream = await aclient.chat.completions.create(
+        model="default",
+        messages=[{"role": "user", "content": "async chunks"}],
+        stream=True,
+        extra_headers={"X-Session-ID": sid},
+    )
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == echo_reply("async chunks")
+    assert stored_messages(service, http, sid) == [("user", "async chunks"), ("assistant", text)]
+
+
+def test_a_chunk_stream_ends_with_done_on_the_wire(http: httpx.Client) -> None:
+    body = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        lines = [line for line in response.iter_lines() if line]
+    assert lines[-1] == "data: [DONE]"
+    assert all(line.startswith("data: ") for line in lines)
 
 
 @pytest.mark.parametrize("session", [False, True], ids=["no-session", "session"])
