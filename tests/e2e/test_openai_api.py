@@ -406,11 +406,12 @@ def test_chat_completions_with_n_above_1_is_unsupported(alice: OpenAI) -> None:
         (ALICE, "/v1/responses", {"model": "default", "input": "x", "top_p": 0.5}, 400),
         (ALICE, "/v1/conversations/conv_unknown", None, 404),
         ("wrong-token", "/v1/models", None, 401),
+        (None, "/v1/conversations", {}, 401),
     ],
-    ids=["unknown-model", "unsupported", "unknown-conversation", "wrong-token"],
+    ids=["unknown-model", "unsupported", "unknown-conversation", "wrong-token", "no-token"],
 )
 def test_an_error_body_is_exactly_openais_shape(
-    service: Service, token: str, path: str, body: dict[str, Any] | None, status: int
+    service: Service, token: str | None, path: str, body: dict[str, Any] | None, status: int
 ) -> None:
     with service.client(token) as raw:
         response = raw.post(path, json=body) if body is not None else raw.get(path)
@@ -436,6 +437,8 @@ def test_a_conversation_is_created_with_metadata_and_retrieved(alice: OpenAI) ->
         conv.created_at,
         {"topic": "tests", "owner": "alice"},
     )
+    two_turns(alice, conv.id)
+    assert alice.conversations.retrieve(conv.id).metadata == {"topic": "tests", "owner": "alice"}
 
 
 def test_items_are_newest_first_by_default_and_oldest_first_on_request(alice: OpenAI) -> None:
@@ -460,6 +463,10 @@ def test_items_page_one_at_a_time_through_the_sdks_auto_paging(alice: OpenAI) ->
     assert texts(alice, conv.id, limit=1, order="asc") == TWO_TURNS
     assert texts(alice, conv.id, limit=1) == TWO_TURNS[::-1]
     assert texts(alice, conv.id, limit=3) == TWO_TURNS[::-1]
+    ids = [item.id for item in alice.conversations.items.list(conv.id, order="asc").data]
+    rest = alice.conversations.items.list(conv.id, limit=3, order="asc", after=first.last_id)
+    assert [item.id for item in rest.data] == ids[1:]
+    assert rest.has_more is False
 
 
 def test_a_deleted_conversation_is_gone(
@@ -520,7 +527,9 @@ def test_a_session_started_by_chat_is_a_conversation(
 ) -> None:
     service.expect(http.post("/chat/", json=chat(sid, "plain chat")), 200)
 
-    assert alice.conversations.retrieve(sid).id == sid
+    shown = alice.conversations.retrieve(sid)
+    assert shown.id == sid
+    assert abs(shown.created_at - time.time()) < 60
     assert texts(alice, sid, order="asc") == [
         ("user", "input_text", "plain chat"),
         ("assistant", "output_text", echo_reply("plain chat")),
@@ -651,6 +660,22 @@ def test_a_session_header_outside_chats_rules_is_a_bad_request(
             messages=[{"role": "user", "content": "hi"}],
             extra_headers={"X-Session-ID": session_id},
         )
+
+
+@pytest.mark.parametrize("session", [False, True], ids=["no-session", "session"])
+def test_chat_completions_whose_last_message_is_not_the_users_are_a_bad_request(
+    service: Service, alice: OpenAI, http: httpx.Client, sid: str, session: bool
+) -> None:
+    with pytest.raises(openai.BadRequestError):
+        alice.chat.completions.create(
+            model="default",
+            messages=[
+                {"role": "user", "content": "question"},
+                {"role": "assistant", "content": "answer, put last"},
+            ],
+            extra_headers={"X-Session-ID": sid} if session else None,
+        )
+    assert stored_messages(service, http, sid) == []
 
 
 # --- auth, isolation, rate limit -------------------------------------------------------------

@@ -174,6 +174,17 @@ async def test_the_async_client_creates_and_streams_on_one_conversation(
     assert [item.role for item in items.data] == ["user", "assistant", "user", "assistant"]
 
 
+def test_a_stream_with_store_false_stores_nothing_yet_sees_the_history(client: OpenAI) -> None:
+    conv = client.conversations.create()
+    client.responses.create(model="default", conversation=conv.id, input="kept")
+    with client.responses.stream(
+        model="default", conversation=conv.id, input="not kept", store=False
+    ) as s:
+        final = s.get_final_response()
+    assert final.output_text == echo_reply("not kept", 2)
+    assert len(client.conversations.items.list(conv.id).data) == 2
+
+
 def test_a_streamed_response_is_continued_by_its_response_id(client: OpenAI) -> None:
     with client.responses.stream(model="default", input="streamed first") as s:
         first = s.get_final_response()
@@ -338,9 +349,13 @@ def test_include_usage_adds_a_last_chunk_with_the_usage(
     assert text == echo_reply("count me")
 
 
-def test_a_stream_of_an_unknown_model_is_refused_before_it_starts(client: OpenAI) -> None:
+def test_a_stream_of_an_unknown_model_or_response_is_refused_before_it_starts(
+    client: OpenAI,
+) -> None:
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model="nope", input="hi", stream=True)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.create(previous_response_id="resp_unknown", input="hi", stream=True)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(
             model="nope", messages=[{"role": "user", "content": "hi"}], stream=True
