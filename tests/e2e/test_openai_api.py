@@ -225,6 +225,7 @@ def test_previous_response_id_chains_responses_into_one_session(alice: OpenAI) -
     third = alice.responses.create(model="default", previous_response_id=second.id, input="third")
 
     assert first.conversation is None
+    assert second.conversation is None
     assert second.previous_response_id == first.id
     assert [first.output_text, second.output_text, third.output_text] == [
         echo_reply("first"),
@@ -239,6 +240,31 @@ def test_previous_response_id_chains_responses_into_one_session(alice: OpenAI) -
 def test_an_unknown_previous_response_id_is_not_found(alice: OpenAI, response_id: str) -> None:
     with pytest.raises(openai.NotFoundError):
         alice.responses.create(model="default", previous_response_id=response_id, input="hi")
+
+
+def test_a_response_id_of_a_conversation_continues_that_conversation(alice: OpenAI) -> None:
+    conv = alice.conversations.create()
+    first = alice.responses.create(model="default", conversation=conv.id, input="in conv")
+    second = alice.responses.create(model="default", previous_response_id=first.id, input="next")
+
+    assert second.output_text == echo_reply("next", 2)
+    assert [text for role, _, text in texts(alice, conv.id, order="asc") if role == "user"] == [
+        "in conv",
+        "next",
+    ]
+
+
+def test_a_forged_response_id_naming_a_real_session_is_not_found(alice: OpenAI) -> None:
+    """The service's response ids carry their session's id; one that was never stored is
+    still a 404, though the session it names exists."""
+    conv = alice.conversations.create()
+    real = alice.responses.create(model="default", conversation=conv.id, input="real")
+    forged = real.id.replace(real.id.split("_")[1], "0" * len(real.id.split("_")[1]), 1)
+    assert forged != real.id
+
+    with pytest.raises(openai.NotFoundError):
+        alice.responses.create(model="default", previous_response_id=forged, input="forged")
+    assert len(texts(alice, conv.id)) == 2
 
 
 def test_conversation_and_previous_response_id_together_are_a_bad_request(alice: OpenAI) -> None:
@@ -770,6 +796,17 @@ def test_an_idempotency_key_on_a_chat_completion_with_a_session_stores_once(
     ]
     assert answers == [echo_reply("once")] * 2
     assert stored_messages(service, http, sid) == [("user", "once"), ("assistant", answers[0])]
+
+
+def test_a_repeated_idempotency_key_without_a_conversation_is_the_same_response(
+    alice: OpenAI,
+) -> None:
+    key = {"Idempotency-Key": f"k4-{time.monotonic_ns()}"}
+    first = alice.responses.create(model="default", input="new session", extra_headers=key)
+    repeat = alice.responses.create(model="default", input="new session", extra_headers=key)
+    assert (repeat.id, repeat.output_text) == (first.id, first.output_text)
+    after = alice.responses.create(model="default", previous_response_id=repeat.id, input="on")
+    assert after.output_text == echo_reply("on", 2)
 
 
 def test_the_same_idempotency_key_for_another_input_is_a_conflict(alice: OpenAI) -> None:

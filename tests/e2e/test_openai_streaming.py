@@ -26,6 +26,7 @@ from tests.e2e.conftest import (
 )
 from tests.support.provider_stub import (
     ProviderStub,
+    error_reply,
     openai_stream,
     openai_stream_error,
     streamed,
@@ -217,6 +218,8 @@ def test_a_provider_failing_after_the_first_text_ends_with_error_then_failed_not
     assert types[-2:] == ["error", "response.failed"], types
     assert "".join(event.delta for event in events if event.type == DELTA) == "half "
     assert "response.completed" not in types
+    assert events[-1].type == "response.failed"
+    assert events[-1].response.status == "failed"
     assert items.data == []
     assert module_stub.planned == 0
 
@@ -254,6 +257,25 @@ def test_a_stored_turn_runs_to_its_end_when_the_client_hangs_up(
 
     wait_until(stored, 5, "the abandoned turn to be stored")
     assert stored_messages(service, http, conv.id)[1] == ("assistant", echo_reply(question))
+
+
+def test_a_provider_failing_before_any_text_refuses_both_streams_with_502(
+    stub_service: Service, module_stub: ProviderStub
+) -> None:
+    module_stub.reset()
+    module_stub.plan(error_reply(500), error_reply(500))
+    with OpenAI(**_options(stub_service, "anything")) as sdk:  # type: ignore[arg-type]
+        conv = sdk.conversations.create()
+        with pytest.raises(openai.InternalServerError) as raised:
+            sdk.responses.create(model="default", conversation=conv.id, input="no", stream=True)
+        assert raised.value.status_code == 502
+        with pytest.raises(openai.InternalServerError) as raised:
+            sdk.chat.completions.create(
+                model="default", messages=[{"role": "user", "content": "no"}], stream=True
+            )
+        assert raised.value.status_code == 502
+        assert sdk.conversations.items.list(conv.id).data == []
+    assert module_stub.planned == 0
 
 
 # --- Chat Completions ------------------------------------------------------------------------
