@@ -53,8 +53,9 @@ class ChatHistory(Protocol):
         ...
 
     async def purge(self, written_before: datetime | None = None) -> int:
-        """Delete the histories last written before `written_before`, or every history when
-        it is None (and nothing else); return how many were deleted. A history written to
+        """Delete the histories last written before `written_before` (with their `open`
+        records), or every history and record when it is None (and nothing else); return
+        how many histories were deleted. A history written to
         while the purge runs is kept."""
         ...
 

@@ -23,9 +23,12 @@ from entrypoints.http.limits import MAX_BODY
 # sends what it calls valid and gets a 400; the domain enforces them and says what is wrong.
 _SPACE = f"[{WHITESPACE}]*"
 _ID = f"[{SESSION_ID_ALPHABET}]{{1,{SESSION_ID_MAX_LENGTH}}}"
-_ID_RULE = f"1-{SESSION_ID_MAX_LENGTH} characters of A-Z a-z 0-9 . _ : - after stripping"
+SESSION_ID_RULE = f"1-{SESSION_ID_MAX_LENGTH} characters of A-Z a-z 0-9 . _ : - after stripping"
+SESSION_ID_PATTERN = f"^{_SPACE}{_ID}{_SPACE}$"
+SESSION_ID_OR_BLANK_PATTERN = f"^{_SPACE}({_ID}{_SPACE})?$"
+NOT_BLANK_PATTERN = f"[^{WHITESPACE}]"
 SessionIdInPath = Annotated[
-    str, PathParameter(description=_ID_RULE, schema_extra={"pattern": f"^{_SPACE}{_ID}{_SPACE}$"})
+    str, PathParameter(description=SESSION_ID_RULE, schema_extra={"pattern": SESSION_ID_PATTERN})
 ]
 
 
@@ -38,14 +41,14 @@ class ChatRequest(msgspec.Struct, forbid_unknown_fields=True):
         Parameter(
             min_length=1,
             description="Not blank; at most [history] max_message_chars characters",
-            schema_extra={"pattern": f"[^{WHITESPACE}]"},
+            schema_extra={"pattern": NOT_BLANK_PATTERN},
         ),
     ]
     session_id: Annotated[
         str | None,
         Parameter(
-            description=f"{_ID_RULE}; missing, null or blank starts a new session",
-            schema_extra={"pattern": f"^{_SPACE}({_ID}{_SPACE})?$"},
+            description=f"{SESSION_ID_RULE}; missing, null or blank starts a new session",
+            schema_extra={"pattern": SESSION_ID_OR_BLANK_PATTERN},
         ),
     ] = None
 

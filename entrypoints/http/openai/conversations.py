@@ -5,11 +5,12 @@ from typing import Annotated, Literal
 
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency, Provide
+from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody, QueryParameter
 
 from domain.message import Message
 from entrypoints.http.controllers import Caller, SessionIdInPath, caller_of
-from entrypoints.http.openai.errors import InvalidParameter
+from entrypoints.http.openai.errors import OPENAI_ERRORS, OPENAI_SHOW_ERRORS
 from entrypoints.http.openai.ids import item_id
 from entrypoints.http.openai.turns import DEFAULT_MODEL
 from entrypoints.http.openai.wire import (
@@ -45,7 +46,12 @@ class ConversationsController(Controller):
     tags = ["openai"]  # noqa: RUF012  (Litestar reads it as a class attribute)
     dependencies = {"caller": Provide(caller_of, sync_to_thread=False)}  # noqa: RUF012
 
-    @post("/", status_code=200, summary="Create a conversation (a session of this service)")
+    @post(
+        "/",
+        status_code=200,
+        responses=OPENAI_ERRORS,
+        summary="Create a conversation (a session of this service)",
+    )
     async def create(
         self, caller: NamedDependency[Caller], data: JSONBody[ConversationCreate | None] = None
     ) -> Conversation:
@@ -55,7 +61,11 @@ class ConversationsController(Controller):
             id=session_id, created_at=_epoch(info.created_at), metadata=info.metadata
         )
 
-    @get("/{conversation_id:str}", summary="A conversation: any session of this token")
+    @get(
+        "/{conversation_id:str}",
+        responses=OPENAI_SHOW_ERRORS,
+        summary="A conversation: any session of this token",
+    )
     async def show(
         self, conversation_id: SessionIdInPath, caller: NamedDependency[Caller]
     ) -> Conversation:
@@ -65,7 +75,10 @@ class ConversationsController(Controller):
         )
 
     @delete(
-        "/{conversation_id:str}", status_code=200, summary="Delete a conversation and its history"
+        "/{conversation_id:str}",
+        status_code=200,
+        responses=OPENAI_SHOW_ERRORS,
+        summary="Delete a conversation and its history",
     )
     async def forget(
         self, conversation_id: SessionIdInPath, caller: NamedDependency[Caller]
@@ -73,7 +86,11 @@ class ConversationsController(Controller):
         await caller.services.conversations.delete(caller.namespace, conversation_id)
         return ConversationDeleted(id=conversation_id.strip())
 
-    @get("/{conversation_id:str}/items", summary="A conversation's stored messages")
+    @get(
+        "/{conversation_id:str}/items",
+        responses=OPENAI_SHOW_ERRORS,
+        summary="A conversation's stored messages",
+    )
     async def items(
         self,
         conversation_id: SessionIdInPath,
@@ -90,7 +107,7 @@ class ConversationsController(Controller):
         if after is not None:
             ids = [item.id for item in listed]
             if after not in ids:
-                raise InvalidParameter("after", f"no item {after!r} in this conversation")
+                raise NotFoundException(f"after: no item {after!r} in this conversation")
             listed = listed[ids.index(after) + 1 :]
         page = listed[:limit]
         return ConversationItems(
@@ -105,6 +122,7 @@ class ConversationsController(Controller):
     "/models",
     summary="The models a request may name: default (the configured order), then each",
     tags=["openai"],
+    responses=OPENAI_ERRORS,
     dependencies={"caller": Provide(caller_of, sync_to_thread=False)},
 )
 async def list_models(caller: NamedDependency[Caller]) -> ModelList:

@@ -8,9 +8,11 @@ from typing import Any
 import msgspec
 from litestar import MediaType, Request, Response
 from litestar.exceptions import ValidationException
+from litestar.openapi import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from application.errors import ModelNotFound
+from entrypoints.http.controllers import COMMON_ERRORS, NOT_BLANK_PATTERN, SEND_ERRORS
 from entrypoints.http.errors import HANDLED, explain
 
 
@@ -45,8 +47,8 @@ _CODES = {
     503: "service_unavailable",
     504: "upstream_timeout",
 }
-_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`(?: - at `\$\.?([^`]*)`)?")
-_AT = re.compile(r" - at `\$\.?([^`]*)`")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_BLANK_REFUSED = f"`str` matching regex {NOT_BLANK_PATTERN!r}"  # as msgspec words it
 
 
 def error_type(status: int) -> str:
@@ -59,17 +61,21 @@ def error_code(status: int) -> str | None:
     return _CODES.get(status)
 
 
-def _code_and_param(error: Exception, status: int, message: str) -> tuple[str | None, str | None]:
+def _code_and_param(error: Exception, status: int) -> tuple[str | None, str | None]:
     if isinstance(error, ModelNotFound):
         return "model_not_found", "model"
     if isinstance(error, InvalidParameter):
         return "invalid_value", error.param
     if isinstance(error, ValidationException):
-        if unknown := _UNKNOWN_FIELD.search(message):
-            field, within = unknown[1], unknown[2]
-            return "unsupported_parameter", f"{within}.{field}" if within else field
-        at = _AT.search(message)
-        return "invalid_value", at[1] if at and at[1] else None
+        # Litestar's extra: [{"message": ..., "key": the field's path, or "data" for the body}]
+        for item in error.extra if isinstance(error.extra, list) else []:
+            if not isinstance(item, dict) or not item.get("message"):
+                continue
+            where = item.get("key") if item.get("key") != "data" else None
+            if unknown := _UNKNOWN_FIELD.search(str(item["message"])):
+                return "unsupported_parameter", f"{where}.{unknown[1]}" if where else unknown[1]
+            return "invalid_value", where
+        return "invalid_value", None
     return error_code(status), None
 
 
@@ -79,9 +85,10 @@ def error_body(status: int, message: str, code: str | None, param: str | None = 
 
 def _openai_error(request: Request[Any, Any, Any], error: Exception) -> Response[ErrorBody]:
     explained = explain(request, error)
-    code, param = _code_and_param(error, explained.status, explained.detail)
+    code, param = _code_and_param(error, explained.status)
+    message = explained.detail.replace(_BLANK_REFUSED, "a text that is not blank")
     return Response(
-        error_body(explained.status, explained.detail, code, param),
+        error_body(explained.status, message, code, param),
         status_code=explained.status,
         headers=explained.headers,
         media_type=MediaType.JSON,
@@ -89,3 +96,21 @@ def _openai_error(request: Request[Any, Any, Any], error: Exception) -> Response
 
 
 OPENAI_EXCEPTION_HANDLERS: ExceptionHandlersMap = dict.fromkeys(HANDLED, _openai_error)
+
+
+def _specs(
+    statuses: dict[int, ResponseSpec], more: dict[int, str] | None = None
+) -> dict[int, ResponseSpec]:
+    """The service's documented failures, in OpenAI's shape."""
+    described = {status: spec.description for status, spec in statuses.items()} | (more or {})
+    return {
+        status: ResponseSpec(ErrorBody, description=description, generate_examples=False)
+        for status, description in described.items()
+    }
+
+
+OPENAI_ERRORS = _specs(COMMON_ERRORS)
+OPENAI_SEND_ERRORS = _specs(
+    SEND_ERRORS, {404: "No such model, conversation or previous response for this token"}
+)
+OPENAI_SHOW_ERRORS = _specs(COMMON_ERRORS, {404: "No such conversation for this token"})

@@ -12,7 +12,9 @@ import re
 import secrets
 from datetime import UTC, datetime, timedelta
 
+from domain.errors import InvalidSessionId
 from domain.message import Message
+from domain.session import parse_session_id
 
 _RESPONSE_ID = re.compile(r"resp_([0-9a-f]{16})_(.+)")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -33,7 +35,12 @@ def response_id(turn: str, session_id: str | None) -> str:
 def session_of(response: str) -> str | None:
     """The session a response id names; None for one that names none (or was not ours)."""
     match = _RESPONSE_ID.fullmatch(response.strip())
-    return None if match is None else match[2]
+    if match is None:
+        return None
+    try:
+        return parse_session_id(match[2])
+    except InvalidSessionId:
+        return None
 
 
 def output_id(turn: str) -> str:

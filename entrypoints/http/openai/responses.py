@@ -1,11 +1,15 @@
 """OpenAI's Responses API over the service's sessions, and its Chat Completions."""
 
 import time
+from dataclasses import dataclass
 from typing import Annotated
 
 import msgspec
 from litestar import Controller, post
 from litestar.di import NamedDependency, Provide
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Schema
+from litestar.openapi.spec.enums import OpenAPIType
 from litestar.params import HeaderParameter, JSONBody
 from litestar.types import ASGIApp, Receive, Scope, Send
 
@@ -13,7 +17,7 @@ from application.errors import SessionNotFound
 from domain.answer import Usage, estimate_usage
 from entrypoints.http.controllers import Caller, IdempotencyKeyHeader, caller_of
 from entrypoints.http.errors import status_of
-from entrypoints.http.openai.errors import InvalidParameter
+from entrypoints.http.openai.errors import OPENAI_SEND_ERRORS
 from entrypoints.http.openai.events import (
     ChatChunks,
     ResponsesEvents,
@@ -37,9 +41,32 @@ from entrypoints.http.openai.wire import (
     ResponsesRequest,
     Role,
 )
-from entrypoints.http.streams import KEEP_ALIVE_SECONDS, EventStream
+from entrypoints.http.openai.wire import Response as ResponseObject
+from entrypoints.http.streams import KEEP_ALIVE_SECONDS, MEDIA_TYPE, EventStream
 
 SESSION_HEADER = "X-Session-ID"
+RESPONSES_STREAMED = """\
+A Response; with `"stream": true`, OpenAI's Responses event stream: `response.created`,
+`response.in_progress`, `response.output_item.added`, `response.content_part.added`,
+`response.output_text.delta` for each piece, `response.output_text.done`,
+`response.content_part.done`, `response.output_item.done`, `response.completed`; or, after a
+failure, `error` then `response.failed`."""
+CHUNKS_STREAMED = """\
+A ChatCompletion; with `"stream": true`, its chunks as `data:` events, then `data: [DONE]`
+(after a failure, a last `data: {"error": ...}`)."""
+
+
+@dataclass
+class AlsoStreamed(Operation):
+    """An operation whose 200 is JSON, or with `"stream": true` an event stream: Litestar
+    documents one media type per status, so the second is added here."""
+
+    def __post_init__(self) -> None:
+        ok = self.responses["200"] if self.responses else None
+        if isinstance(ok, OpenAPIResponse) and ok.content is not None:
+            ok.content[MEDIA_TYPE] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+
+
 _encode = msgspec.json.Encoder().encode
 
 
@@ -61,10 +88,6 @@ class JsonAnswer:
 async def _session(caller: Caller, data: ResponsesRequest) -> str | None:
     """The session a Responses turn continues, which must exist; None: a new one."""
     conversation = data.conversation
-    if conversation is not None and data.previous_response_id is not None:
-        raise InvalidParameter(
-            "previous_response_id", "give conversation or previous_response_id, not both"
-        )
     if conversation is not None:
         session_id = conversation if isinstance(conversation, str) else conversation.id
         await caller.services.conversations.show(caller.namespace, session_id)
@@ -87,7 +110,16 @@ class ResponsesController(Controller):
     tags = ["openai"]  # noqa: RUF012  (Litestar reads it as a class attribute)
     dependencies = {"caller": Provide(caller_of, sync_to_thread=False)}  # noqa: RUF012
 
-    @post("/responses", status_code=200, summary="Answer a turn, OpenAI's Responses API")
+    @post(
+        "/responses",
+        status_code=200,
+        responses={
+            200: ResponseSpec(ResponseObject, description=RESPONSES_STREAMED),
+            **OPENAI_SEND_ERRORS,
+        },
+        operation_class=AlsoStreamed,
+        summary="Answer a turn, OpenAI's Responses API",
+    )
     async def responses(
         self,
         data: JSONBody[ResponsesRequest],
@@ -155,6 +187,11 @@ class ResponsesController(Controller):
     @post(
         "/chat/completions",
         status_code=200,
+        responses={
+            200: ResponseSpec(ChatCompletion, description=CHUNKS_STREAMED),
+            **OPENAI_SEND_ERRORS,
+        },
+        operation_class=AlsoStreamed,
         summary="Answer a turn, OpenAI's Chat Completions (X-Session-ID: kept in a session)",
     )
     async def chat_completions(

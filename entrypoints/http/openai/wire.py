@@ -5,10 +5,29 @@ Requests forbid unknown fields: a parameter the service does not implement is a 
 official SDK requires, with the values a plain text reply has.
 """
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 from msgspec import Meta
+
+from application.conversations import (
+    METADATA_KEY_MAX_CHARS,
+    METADATA_MAX_PAIRS,
+    METADATA_VALUE_MAX_CHARS,
+)
+from entrypoints.http.closed_structs import MsgspecDocumented
+from entrypoints.http.controllers import NOT_BLANK_PATTERN, SESSION_ID_PATTERN, SESSION_ID_RULE
+
+# Stated in the document and enforced as it is decoded, so both say the same.
+Text = Annotated[str, Meta(pattern=NOT_BLANK_PATTERN, description="Not blank")]
+SessionId = Annotated[str, Meta(pattern=SESSION_ID_PATTERN, description=SESSION_ID_RULE)]
+Metadata = Annotated[
+    dict[
+        Annotated[str, Meta(max_length=METADATA_KEY_MAX_CHARS)],
+        Annotated[str, Meta(max_length=METADATA_VALUE_MAX_CHARS)],
+    ],
+    Meta(max_length=METADATA_MAX_PAIRS),
+]
 
 # --- requests ---------------------------------------------------------------------------------
 
@@ -16,21 +35,21 @@ from msgspec import Meta
 class TextPart(msgspec.Struct, tag_field="type", tag="text", forbid_unknown_fields=True):
     """Chat Completions' text content part."""
 
-    text: str
+    text: Text
 
 
 class InputTextPart(msgspec.Struct, tag_field="type", tag="input_text", forbid_unknown_fields=True):
-    text: str
+    text: Text
 
 
 class OutputTextPart(msgspec.Struct, tag_field="type", tag="output_text"):
     """An earlier answer sent back as input (its annotations and logprobs are not read)."""
 
-    text: str
+    text: Text
 
 
 ContentPart = TextPart | InputTextPart | OutputTextPart
-Content = str | list[ContentPart]
+Content = Text | Annotated[list[ContentPart], Meta(min_length=1)]
 Role = Literal["system", "developer", "user", "assistant"]
 
 
@@ -45,18 +64,26 @@ class InputMessage(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ConversationRef(msgspec.Struct, forbid_unknown_fields=True):
-    id: str
+    id: SessionId
 
 
-class ResponsesRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    input: str | list[InputMessage]
+class ResponsesRequest(MsgspecDocumented, msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """`input`'s last message is the new turn and must be the user's."""
+
+    exclusive: ClassVar = ("conversation", "previous_response_id")
+
+    input: Text | Annotated[list[InputMessage], Meta(min_length=1)]
     model: str = "default"
-    conversation: str | ConversationRef | None = None
+    conversation: SessionId | ConversationRef | None = None
     previous_response_id: str | None = None
     instructions: str | None = None
     stream: bool = False
     store: bool = True
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
+
+    def __post_init__(self) -> None:
+        if self.conversation is not None and self.previous_response_id is not None:
+            raise ValueError("give conversation or previous_response_id, not both")
 
 
 class ChatMessage(msgspec.Struct, forbid_unknown_fields=True):
@@ -69,8 +96,12 @@ class StreamOptions(msgspec.Struct, forbid_unknown_fields=True):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    messages: list[ChatMessage]
+class ChatCompletionRequest(
+    MsgspecDocumented, msgspec.Struct, forbid_unknown_fields=True, kw_only=True
+):
+    """`messages`' last message is the new turn and must be the user's."""
+
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -78,8 +109,10 @@ class ChatCompletionRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=
     user: str | None = None
 
 
-class ConversationCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    metadata: dict[str, str] | None = None
+class ConversationCreate(
+    MsgspecDocumented, msgspec.Struct, forbid_unknown_fields=True, kw_only=True
+):
+    metadata: Metadata | None = None
     items: Annotated[list[InputMessage], Meta(max_length=0)] | None = None
 
 
