@@ -448,6 +448,25 @@ def test_an_error_body_is_exactly_openais_shape(
     assert shown["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/v1/responses/resp_0000000000000000"), ("POST", "/v1/embeddings")],
+    ids=["retrieve-response", "embeddings"],
+)
+def test_a_v1_route_the_service_lacks_answers_in_openais_error_shape(
+    service: Service, http: httpx.Client, method: str, path: str
+) -> None:
+    response = http.request(method, path, json={} if method == "POST" else None)
+    assert response.status_code == 404
+    assert list(response.json()) == ["error"], response.text
+
+
+def test_initial_items_of_a_conversation_are_an_unsupported_parameter(alice: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as raised:
+        alice.conversations.create(items=[{"type": "message", "role": "user", "content": "hi"}])
+    assert (raised.value.code, raised.value.param) == ("unsupported_parameter", "items")
+
+
 # --- conversations ---------------------------------------------------------------------------
 
 
