@@ -9,6 +9,7 @@ stand-in as its only model, for what the provider was sent and for provider fail
 Streaming has its own file, test_openai_streaming.py.
 """
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,13 +17,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from openai import OpenAI
+from openai import AsyncOpenAI, OpenAI
 from redis import Redis
 
 from tests.e2e.conftest import (
     DEFAULT_ANSWER,
     Service,
     ServiceLauncher,
+    assert_paired,
     chat,
     echo_reply,
     openai_config,
@@ -565,6 +567,26 @@ def test_a_conversation_continued_through_chat_and_back(
         "from chat",
         "back again",
     ]
+
+
+async def test_concurrent_turns_on_one_conversation_are_each_stored_whole(
+    service: Service,
+) -> None:
+    questions = [f"concurrent {n}" for n in range(8)]
+    async with AsyncOpenAI(
+        base_url=f"{service.url}/v1", api_key=ALICE, max_retries=0, _strict_response_validation=True
+    ) as client:
+        conv = await client.conversations.create()
+        replies = await asyncio.gather(
+            *(
+                client.responses.create(model="default", conversation=conv.id, input=question)
+                for question in questions
+            )
+        )
+    assert all(r.conversation is not None and r.conversation.id == conv.id for r in replies)
+    async with service.async_client(ALICE) as http:
+        shown = service.expect(await http.get(f"/chat/{conv.id}"), 200)
+    assert_paired(shown["messages"], questions)
 
 
 def test_a_session_started_by_chat_is_a_conversation(
