@@ -42,6 +42,7 @@ from tests.support.redis_server import RedisServer
 ALICE, BOB = "tok-openai-alice", "tok-openai-bob"
 PRIMARY, FALLBACK = "parrot", "stubbed"  # the echo service's model names
 STUB_PREFIX = "openai-stub"
+SYSTEM_PROMPT = "You are the stand-in's guest."  # stub_service's configured system prompt
 
 
 def sdk(service: Service, token: str) -> OpenAI:
@@ -75,7 +76,7 @@ def stub_service(
     return module_launch(
         {
             "redis": {"url": module_redis.url, "key_prefix": STUB_PREFIX},
-            "llm": openai_config(module_stub, timeout_seconds="5"),
+            "llm": openai_config(module_stub, timeout_seconds="5", system_prompt=SYSTEM_PROMPT),
         }
     )
 
@@ -359,10 +360,12 @@ def test_instructions_and_system_input_reach_the_model_for_this_turn_only(
 
     assert first.output_text == DEFAULT_ANSWER
     sent_first, sent_second = (request.json for request in stub.requests)
-    assert "Answer in French." in system_texts(sent_first)
-    assert "Be brief." in system_texts(sent_first)
+    system = system_texts(sent_first)
+    assert "Be brief." in system
+    assert SYSTEM_PROMPT in system
+    assert system.index(SYSTEM_PROMPT) < system.index("Answer in French.")
+    assert system_texts(sent_second) == SYSTEM_PROMPT
     assert sent_first["messages"][-1] == {"role": "user", "content": "hi"}
-    assert "French" not in system_texts(sent_second)
     assert [m["content"] for m in sent_second["messages"] if m["role"] != "system"] == [
         "hi",
         DEFAULT_ANSWER,
