@@ -152,6 +152,10 @@ async def test_raw_async_events_come_in_the_readmes_order_with_rising_sequence_n
     assert deltas == done.text == completed.response.output_text == echo_reply("raw events")
     assert events[0].type == "response.created"
     assert events[0].response.id == completed.response.id
+    assert events[0].response.status == "in_progress"
+    assert completed.response.status == "completed"
+    places = {(e.item_id, e.output_index, e.content_index) for e in events if e.type == DELTA}
+    assert places == {(completed.response.output[0].id, 0, 0)}
     assert stored_messages(service, http, conv.id) == [
         ("user", "raw events"),
         ("assistant", deltas),
