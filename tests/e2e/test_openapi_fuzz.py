@@ -170,7 +170,7 @@ def test_every_request_the_document_calls_valid_is_accepted(
     case: schemathesis.Case, http: requests.Session, tally: Tally
 ) -> None:
     tally.count_case(case)
-    if _has_invalid_part(case):
+    if _has_invalid_part(case) or _ends_with_another_role(case):
         return
     case.call_and_validate(session=http, checks=_checks(DOCUMENTATION_CHECKS))
 
@@ -181,3 +181,14 @@ def _has_invalid_part(case: schemathesis.Case) -> bool:
     about what the document calls valid."""
     components = case.meta.components if case.meta is not None else {}
     return any(info.mode.name == "NEGATIVE" for info in components.values())
+
+
+def _ends_with_another_role(case: schemathesis.Case) -> bool:
+    """OpenAI's APIs take a list of messages whose last is the new turn, the user's: a rule
+    the document states in words, since JSON Schema has no keyword for an array's last item."""
+    body = case.body if isinstance(case.body, dict) else {}
+    messages = body.get("messages", body.get("input"))
+    if not isinstance(messages, list) or not messages:
+        return False
+    last = messages[-1]
+    return not isinstance(last, dict) or last.get("role") != "user"

@@ -1,9 +1,9 @@
 """OpenAI's Conversations over the service's sessions, and its model list."""
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from litestar import Controller, delete, get, post
+from litestar import Controller, Request, delete, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import NotFoundException
 from litestar.params import JSONBody, QueryParameter
@@ -23,6 +23,7 @@ from entrypoints.http.openai.wire import (
     Model,
     ModelList,
     OutputText,
+    strictly,
 )
 
 ITEMS_MAX_LIMIT = 100
@@ -53,9 +54,12 @@ class ConversationsController(Controller):
         summary="Create a conversation (a session of this service)",
     )
     async def create(
-        self, caller: NamedDependency[Caller], data: JSONBody[ConversationCreate | None] = None
+        self,
+        request: Request[Any, Any, Any],
+        caller: NamedDependency[Caller],
+        data: JSONBody[ConversationCreate],
     ) -> Conversation:
-        metadata = (data.metadata if data else None) or {}
+        metadata = strictly(await request.body(), ConversationCreate).metadata or {}
         session_id, info = await caller.services.conversations.create(caller.namespace, metadata)
         return Conversation(
             id=session_id, created_at=_epoch(info.created_at), metadata=info.metadata

@@ -2,10 +2,10 @@
 
 import time
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, post
+from litestar import Controller, Request, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi import ResponseSpec
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIResponse, Operation, Schema
@@ -40,6 +40,7 @@ from entrypoints.http.openai.wire import (
     OutputText,
     ResponsesRequest,
     Role,
+    strictly,
 )
 from entrypoints.http.openai.wire import Response as ResponseObject
 from entrypoints.http.streams import KEEP_ALIVE_SECONDS, MEDIA_TYPE, EventStream
@@ -64,7 +65,18 @@ class AlsoStreamed(Operation):
     def __post_init__(self) -> None:
         ok = self.responses["200"] if self.responses else None
         if isinstance(ok, OpenAPIResponse) and ok.content is not None:
-            ok.content[MEDIA_TYPE] = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING))
+            ok.content[MEDIA_TYPE] = OpenAPIMediaType(schema=_EVENT)
+
+
+# One event of the stream, as the document shows events: its `event:` and `data:` lines.
+_EVENT = Schema(
+    type=OpenAPIType.OBJECT,
+    properties={
+        "event": Schema(type=OpenAPIType.STRING),
+        "data": Schema(type=OpenAPIType.STRING, description="JSON, or [DONE] at the end"),
+    },
+    required=["data"],
+)
 
 
 _encode = msgspec.json.Encoder().encode
@@ -122,10 +134,12 @@ class ResponsesController(Controller):
     )
     async def responses(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[ResponsesRequest],
         caller: NamedDependency[Caller],
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> ASGIApp:
+        data = strictly(await request.body(), ResponsesRequest)
         if isinstance(data.input, str):
             messages: list[tuple[Role, Content]] = [("user", data.input)]
         else:
@@ -196,6 +210,7 @@ class ResponsesController(Controller):
     )
     async def chat_completions(
         self,
+        request: Request[Any, Any, Any],
         data: JSONBody[ChatCompletionRequest],
         caller: NamedDependency[Caller],
         idempotency_key: IdempotencyKeyHeader = None,
@@ -212,6 +227,7 @@ class ResponsesController(Controller):
             ),
         ] = None,
     ) -> ASGIApp:
+        data = strictly(await request.body(), ChatCompletionRequest)
         stored = session_id is not None
         messages = [(m.role, m.content) for m in data.messages]
         text, options = turn("messages", messages, model=data.model, keep_earlier=not stored)

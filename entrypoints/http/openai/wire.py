@@ -5,9 +5,11 @@ Requests forbid unknown fields: a parameter the service does not implement is a 
 official SDK requires, with the values a plain text reply has.
 """
 
-from typing import Annotated, Any, ClassVar, Literal
+import re
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import msgspec
+from litestar.exceptions import ValidationException
 from msgspec import Meta
 
 from application.conversations import (
@@ -114,6 +116,24 @@ class ConversationCreate(
 ):
     metadata: Metadata | None = None
     items: Annotated[list[InputMessage], Meta(max_length=0)] | None = None
+
+
+T = TypeVar("T")
+_AT = re.compile(r"(.*) - at `\$\.?(.*)`")
+
+
+def strictly(body: bytes, kind: type[T]) -> T:
+    """The body as msgspec decodes it unasked. Litestar decodes bodies in msgspec's lax mode,
+    which takes 0 for false and "1" for 1: not what the document says (so a handler that
+    takes a body this way also declares it to Litestar, for the document)."""
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as error:
+        said = _AT.fullmatch(str(error))
+        message, key = (said[1], said[2] or "data") if said else (str(error), "data")
+        raise ValidationException(
+            detail="invalid request body", extra=[{"message": message, "key": key}]
+        ) from None
 
 
 def text_of(content: Content) -> str:
