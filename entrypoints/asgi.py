@@ -32,6 +32,7 @@ from entrypoints.http.docs import DOCS_PATH, docs_assets, docs_render_plugins
 from entrypoints.http.errors import EXCEPTION_HANDLERS
 from entrypoints.http.limits import MAX_BODY_BYTES
 from entrypoints.http.openai import openai_router
+from entrypoints.http.openai.errors import also_under_prefix
 from entrypoints.http.page import chat_page, page_assets
 from entrypoints.http.streams import StreamController
 from entrypoints.logs import configure_logging
@@ -124,7 +125,7 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         # never drained in a worker ended by uvicorn's re-raised SIGTERM, losing last lines.
         logging_config=None,
         middleware=[cancel_on_disconnect],
-        exception_handlers=EXCEPTION_HANDLERS,
+        exception_handlers=also_under_prefix(EXCEPTION_HANDLERS),
         plugins=[ClosedStructSchema()],
         request_max_body_size=MAX_BODY_BYTES,
         cors_config=(

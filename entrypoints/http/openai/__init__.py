@@ -7,14 +7,14 @@ from litestar.middleware import DefineMiddleware
 
 from entrypoints.http.auth import AuthAndRateLimit
 from entrypoints.http.openai.conversations import ConversationsController, list_models
-from entrypoints.http.openai.errors import OPENAI_EXCEPTION_HANDLERS
+from entrypoints.http.openai.errors import OPENAI_EXCEPTION_HANDLERS, OPENAI_PREFIX
 from entrypoints.http.openai.responses import ResponsesController
 
 
 def openai_router(tokens: tuple[str, ...], security: dict[str, Any]) -> Router:
     """The bearer token is the SDK's api_key; the rate limit counts these requests too."""
     return Router(
-        "/v1",
+        OPENAI_PREFIX,
         route_handlers=[ConversationsController, ResponsesController, list_models],
         middleware=[DefineMiddleware(AuthAndRateLimit, tokens=tokens)],
         exception_handlers=OPENAI_EXCEPTION_HANDLERS,

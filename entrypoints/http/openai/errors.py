@@ -47,6 +47,7 @@ _CODES = {
     503: "service_unavailable",
     504: "upstream_timeout",
 }
+_ONE_VALUE = {"n"}  # parameters taken at their default value only
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
 _BLANK_REFUSED = f"`str` matching regex {NOT_BLANK_PATTERN!r}"  # as msgspec words it
 
@@ -74,7 +75,7 @@ def _code_and_param(error: Exception, status: int) -> tuple[str | None, str | No
             where = item.get("key") if item.get("key") != "data" else None
             if unknown := _UNKNOWN_FIELD.search(str(item["message"])):
                 return "unsupported_parameter", f"{where}.{unknown[1]}" if where else unknown[1]
-            return "invalid_value", where
+            return "unsupported_parameter" if where in _ONE_VALUE else "invalid_value", where
         return "invalid_value", None
     return error_code(status), None
 
@@ -83,7 +84,7 @@ def error_body(status: int, message: str, code: str | None, param: str | None = 
     return ErrorBody(ErrorDetail(message, error_type(status), param, code))
 
 
-def _openai_error(request: Request[Any, Any, Any], error: Exception) -> Response[ErrorBody]:
+def openai_error(request: Request[Any, Any, Any], error: Exception) -> Response[ErrorBody]:
     explained = explain(request, error)
     code, param = _code_and_param(error, explained.status)
     message = explained.detail.replace(_BLANK_REFUSED, "a text that is not blank")
@@ -95,7 +96,25 @@ def _openai_error(request: Request[Any, Any, Any], error: Exception) -> Response
     )
 
 
-OPENAI_EXCEPTION_HANDLERS: ExceptionHandlersMap = dict.fromkeys(HANDLED, _openai_error)
+OPENAI_EXCEPTION_HANDLERS: ExceptionHandlersMap = dict.fromkeys(HANDLED, openai_error)
+OPENAI_PREFIX = "/v1"
+
+
+def also_under_prefix(handlers: ExceptionHandlersMap) -> ExceptionHandlersMap:
+    """The app's own handlers, which answer what no route took (an unknown path, a method a
+    path lacks), in OpenAI's shape under /v1: OpenAI's clients read that shape there."""
+
+    def choosing(other: Any) -> Any:
+        def handler(request: Request[Any, Any, Any], error: Exception) -> Response[Any]:
+            path = request.url.path
+            if path == OPENAI_PREFIX or path.startswith(f"{OPENAI_PREFIX}/"):
+                return openai_error(request, error)
+            response: Response[Any] = other(request, error)
+            return response
+
+        return handler
+
+    return {kind: choosing(other) for kind, other in handlers.items()}
 
 
 def _specs(

@@ -107,15 +107,16 @@ class ChatCompletionRequest(
     model: str
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Meta(ge=1, le=1)] = 1
+    n: Annotated[int, Meta(ge=1, le=1)] = 1  # more than one choice is unsupported
     user: str | None = None
 
 
 class ConversationCreate(
     MsgspecDocumented, msgspec.Struct, forbid_unknown_fields=True, kw_only=True
 ):
+    """Initial `items` are not taken: a conversation's turns come through /v1/responses."""
+
     metadata: Metadata | None = None
-    items: Annotated[list[InputMessage], Meta(max_length=0)] | None = None
 
 
 T = TypeVar("T")
