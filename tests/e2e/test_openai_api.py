@@ -257,17 +257,12 @@ def test_a_response_id_of_a_conversation_continues_that_conversation(alice: Open
     ]
 
 
-def test_a_forged_response_id_naming_a_real_session_is_not_found(alice: OpenAI) -> None:
-    """The service's response ids carry their session's id; one that was never stored is
-    still a 404, though the session it names exists."""
-    conv = alice.conversations.create()
-    real = alice.responses.create(model="default", conversation=conv.id, input="real")
-    forged = real.id.replace(real.id.split("_")[1], "0" * len(real.id.split("_")[1]), 1)
-    assert forged != real.id
-
-    with pytest.raises(openai.NotFoundError):
-        alice.responses.create(model="default", previous_response_id=forged, input="forged")
-    assert len(texts(alice, conv.id)) == 2
+def test_any_response_id_of_a_session_continues_it_from_its_latest_turn(alice: OpenAI) -> None:
+    """A session is a line, not a tree (README): OpenAI would branch from the named response."""
+    first = alice.responses.create(model="default", input="root")
+    alice.responses.create(model="default", previous_response_id=first.id, input="second")
+    again = alice.responses.create(model="default", previous_response_id=first.id, input="third")
+    assert again.output_text == echo_reply("third", 4)
 
 
 def test_conversation_and_previous_response_id_together_are_a_bad_request(alice: OpenAI) -> None:
