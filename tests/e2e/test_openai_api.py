@@ -449,16 +449,21 @@ def test_an_error_body_is_exactly_openais_shape(
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
-    [("GET", "/v1/responses/resp_0000000000000000"), ("POST", "/v1/embeddings")],
-    ids=["retrieve-response", "embeddings"],
+    ("method", "path", "status"),
+    [
+        ("GET", "/v1/responses/resp_0000000000000000", 404),
+        ("POST", "/v1/embeddings", 404),
+        ("POST", "/v1/conversations/conv_0000", 405),  # the SDK's conversations.update
+    ],
+    ids=["retrieve-response", "embeddings", "update-conversation"],
 )
 def test_a_v1_route_the_service_lacks_answers_in_openais_error_shape(
-    service: Service, http: httpx.Client, method: str, path: str
+    service: Service, http: httpx.Client, method: str, path: str, status: int
 ) -> None:
     response = http.request(method, path, json={} if method == "POST" else None)
-    assert response.status_code == 404
+    assert response.status_code == status
     assert list(response.json()) == ["error"], response.text
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
 
 def test_initial_items_of_a_conversation_are_an_unsupported_parameter(alice: OpenAI) -> None:
