@@ -81,6 +81,21 @@ def stub_service(
     )
 
 
+@pytest.fixture(scope="module")
+def fallback_service(
+    module_launch: ServiceLauncher, module_redis: RedisServer, module_stub: ProviderStub
+) -> Service:
+    """The stand-in first ("lead"), the echo model ("spare") when it fails."""
+    lead = openai_config(module_stub, name="lead", fallbacks="spare", cooldown_failures="1000")
+    return module_launch(
+        {
+            "redis": {"url": module_redis.url, "key_prefix": "openai-fallback"},
+            "llm": lead,
+            "llm.spare": {"provider": "echo", "echo_word_seconds": "0"},
+        }
+    )
+
+
 @pytest.fixture
 def stub(module_stub: ProviderStub) -> Iterator[ProviderStub]:
     """The module's stand-in answering DEFAULT_ANSWER, nothing recorded or left planned."""
@@ -386,6 +401,32 @@ def test_a_configured_model_asked_by_name_answers_alone(alice: OpenAI, stub: Pro
     r = alice.responses.create(model=FALLBACK, input="you, please")
     assert (r.model, r.output_text) == (FALLBACK, DEFAULT_ANSWER)
     assert len(stub.requests) == 1
+
+
+def test_default_falls_back_to_the_next_model_and_a_named_model_does_not(
+    fallback_service: Service, stub: ProviderStub
+) -> None:
+    stub.plan(error_reply(500), error_reply(500), error_reply(500))
+    with sdk(fallback_service, "anything") as client:
+        conv = client.conversations.create()
+        r = client.responses.create(model="default", conversation=conv.id, input="anyone?")
+        assert (r.model, r.output_text) == ("spare", echo_reply("anyone?"))
+
+        with pytest.raises(openai.InternalServerError):
+            client.responses.create(model="lead", conversation=conv.id, input="lead only")
+        assert len(texts(client, conv.id)) == 2
+
+        completion = client.chat.completions.create(
+            model="default",
+            messages=[
+                {"role": "user", "content": "q1"},
+                {"role": "assistant", "content": "a1"},
+                {"role": "user", "content": "q2"},
+            ],
+        )
+    assert completion.model == "spare"
+    assert completion.choices[0].message.content == echo_reply("q2", 2)
+    assert len(stub.requests) == 3
 
 
 def test_an_unknown_model_is_not_found_with_code_model_not_found(alice: OpenAI) -> None:
