@@ -27,6 +27,7 @@ from tests.e2e.conftest import (
 from tests.e2e.sse import check_whole, read_events, text_of
 from tests.support.provider_stub import (
     ProviderStub,
+    error_reply,
     openai_stream,
     openai_stream_error,
     streamed,
@@ -266,6 +267,25 @@ def test_a_stored_turn_runs_to_its_end_when_the_client_hangs_up_and_chat_re_atta
     assert text_of(events) == echo_reply(question)
     wait_until(lambda: len(stored_messages(service, http, conv.id)) == 2, 5, "the turn stored")
     assert stored_messages(service, http, conv.id)[1] == ("assistant", echo_reply(question))
+
+
+def test_a_provider_failing_before_any_text_refuses_both_streams_with_502(
+    stub_service: Service, module_stub: ProviderStub
+) -> None:
+    module_stub.reset()
+    module_stub.plan(error_reply(500), error_reply(500))
+    with OpenAI(**_options(stub_service, "anything")) as sdk:  # type: ignore[arg-type]
+        conv = sdk.conversations.create()
+        with pytest.raises(openai.InternalServerError) as raised:
+            sdk.responses.create(model="default", conversation=conv.id, input="no", stream=True)
+        assert raised.value.status_code == 502
+        with pytest.raises(openai.InternalServerError) as raised:
+            sdk.chat.completions.create(
+                model="default", messages=[{"role": "user", "content": "no"}], stream=True
+            )
+        assert raised.value.status_code == 502
+        assert sdk.conversations.items.list(conv.id).data == []
+    assert module_stub.planned == 0
 
 
 # --- Chat Completions ------------------------------------------------------------------------
