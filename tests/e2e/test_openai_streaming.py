@@ -191,6 +191,22 @@ def test_a_stream_with_store_false_stores_nothing_yet_sees_the_history(client: O
     assert len(client.conversations.items.list(conv.id).data) == 2
 
 
+def test_a_stream_repeated_with_its_idempotency_key_replays_one_stored_turn(
+    client: OpenAI,
+) -> None:
+    conv = client.conversations.create()
+    key = {"Idempotency-Key": f"stream-{conv.id}"}
+    finals = []
+    for _ in range(2):
+        with client.responses.stream(
+            model="default", conversation=conv.id, input="only once", extra_headers=key
+        ) as s:
+            finals.append(s.get_final_response())
+    assert finals[1].output_text == finals[0].output_text == echo_reply("only once")
+    assert finals[1].id == finals[0].id
+    assert len(client.conversations.items.list(conv.id).data) == 2
+
+
 def test_a_streamed_response_is_continued_by_its_response_id(client: OpenAI) -> None:
     with client.responses.stream(model="default", input="streamed first") as s:
         first = s.get_final_response()
