@@ -1,4 +1,4 @@
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from application.model_routing import ModelRouter, OpenedStream, TurnOptions
 from application.ports import ChatHistory, Clock
@@ -69,7 +69,7 @@ class UnstoredStream:
         self.model = opened.model
         self.usage: Usage | None = None
 
-    async def texts(self) -> AsyncIterator[str]:
+    async def texts(self) -> AsyncGenerator[str, None]:
         opened = self._opened
         written = [opened.first]
         counted = None

@@ -81,9 +81,10 @@ async def unstored_pieces(
     yield [Started(None)]
     written = []
     try:
-        async for text in stream.texts():
-            written.append(text)
-            yield [text]
+        async with contextlib.aclosing(stream.texts()) as texts:
+            async for text in texts:
+                written.append(text)
+                yield [text]
     except (ModelUnavailable, HistoryUnavailable) as error:
         yield [ErrorData(status_of(error), str(error))]
         return

@@ -15,9 +15,17 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from application.errors import SessionNotFound
 from domain.answer import Usage, estimate_usage
-from entrypoints.http.controllers import Caller, IdempotencyKeyHeader, caller_of
+from domain.errors import InvalidSessionId
+from domain.session import parse_session_id
+from entrypoints.http.controllers import (
+    SESSION_ID_PATTERN,
+    SESSION_ID_RULE,
+    Caller,
+    IdempotencyKeyHeader,
+    caller_of,
+)
 from entrypoints.http.errors import status_of
-from entrypoints.http.openai.errors import OPENAI_SEND_ERRORS
+from entrypoints.http.openai.errors import OPENAI_SEND_ERRORS, InvalidParameter
 from entrypoints.http.openai.events import (
     ChatChunks,
     ResponsesEvents,
@@ -219,20 +227,29 @@ class ResponsesController(Controller):
             HeaderParameter(
                 name=SESSION_HEADER,
                 required=False,
+                # A string when sent (Litestar would also document "null", which a header
+                # cannot be); enforced by the domain.
+                schema_extra={"oneOf": None, "type": "string", "pattern": SESSION_ID_PATTERN},
                 description=(
-                    "Keep the conversation in this session: its last message is the new "
-                    "turn, and the stored history is what the model sees. Without it, "
-                    "messages is the whole conversation and nothing is stored."
+                    f"{SESSION_ID_RULE}. Keep the conversation in this session (a new id "
+                    "starts one): its last message is the new turn, and the stored history "
+                    "is what the model sees. Without it, messages is the whole conversation "
+                    "and nothing is stored."
                 ),
             ),
         ] = None,
     ) -> ASGIApp:
         data = strictly(await request.body(), ChatCompletionRequest)
         stored = session_id is not None
+        if session_id is not None:
+            try:
+                session_id = parse_session_id(session_id)
+            except InvalidSessionId as error:
+                raise InvalidParameter(SESSION_HEADER, str(error)) from None
         messages = [(m.role, m.content) for m in data.messages]
         text, options = turn("messages", messages, model=data.model, keep_earlier=not stored)
         services = caller.services
-        headers = {SESSION_HEADER: session_id.strip()} if session_id is not None else None
+        headers = {SESSION_HEADER: session_id} if session_id is not None else None
         completion = completion_id()
         if data.stream:
             include_usage = data.stream_options is not None and data.stream_options.include_usage
