@@ -205,16 +205,17 @@ class ModelRouter:
         _, opened = await self._first(history, question, options, self._open)
         return opened
 
-    def _chosen(self, options: TurnOptions) -> tuple[ModelRoute, ...]:
-        if options.model is None:
-            return self._routes
+    def route(self, name: str) -> ModelRoute:
+        """The configured model of that name; ModelNotFound when there is none."""
         for route in self._routes:
-            if route.name == options.model:
-                return (route,)
+            if route.name == name:
+                return route
         raise ModelNotFound(
-            f"no model is named {options.model!r}; the configured models are "
-            + ", ".join(self._names)
+            f"no model is named {name!r}; the configured models are " + ", ".join(self._names)
         )
+
+    def _chosen(self, options: TurnOptions) -> tuple[ModelRoute, ...]:
+        return self._routes if options.model is None else (self.route(options.model),)
 
     def _system(self, options: TurnOptions) -> str | None:
         parts = (self._system_prompt, options.instructions)

@@ -1,4 +1,4 @@
-"""OpenAI's Conversations over the service's sessions, and its model list."""
+"""OpenAI's Conversations over the service's sessions."""
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -12,7 +12,6 @@ from domain.message import Message
 from entrypoints.http.controllers import Caller, SessionIdInPath, caller_of
 from entrypoints.http.openai.errors import OPENAI_ERRORS, OPENAI_SHOW_ERRORS
 from entrypoints.http.openai.ids import item_id
-from entrypoints.http.openai.turns import DEFAULT_MODEL
 from entrypoints.http.openai.wire import (
     Conversation,
     ConversationCreate,
@@ -20,8 +19,6 @@ from entrypoints.http.openai.wire import (
     ConversationItem,
     ConversationItems,
     InputText,
-    Model,
-    ModelList,
     OutputText,
     strictly,
 )
@@ -120,15 +117,3 @@ class ConversationsController(Controller):
             last_id=page[-1].id if page else None,
             has_more=len(listed) > limit,
         )
-
-
-@get(
-    "/models",
-    summary="The models a request may name: default (the configured order), then each",
-    tags=["openai"],
-    responses=OPENAI_ERRORS,
-    dependencies={"caller": Provide(caller_of, sync_to_thread=False)},
-)
-async def list_models(caller: NamedDependency[Caller]) -> ModelList:
-    names = [DEFAULT_MODEL, *caller.services.models.names]
-    return ModelList(data=[Model(id=name, created=0) for name in names])

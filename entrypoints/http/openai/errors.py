@@ -132,4 +132,5 @@ OPENAI_ERRORS = _specs(COMMON_ERRORS)
 OPENAI_SEND_ERRORS = _specs(
     SEND_ERRORS, {404: "No such model, conversation or previous response for this token"}
 )
+OPENAI_MODEL_ERRORS = _specs(COMMON_ERRORS, {404: "No model of that name"})
 OPENAI_SHOW_ERRORS = _specs(COMMON_ERRORS, {404: "No such conversation for this token"})
