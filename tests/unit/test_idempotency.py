@@ -1,16 +1,21 @@
 """SendMessage with an Idempotency-Key: a retried request is answered once, stored once."""
 
 import asyncio
+import hashlib
 import time
+from datetime import UTC, datetime
 
+import msgspec
 import pytest
 
 from adapters.memory_history import MemoryHistory
 from application.errors import IdempotencyConflict, ModelUnavailable
+from application.model_routing import AS_CONFIGURED, TurnOptions
 from application.request_leases import RequestLeases
 from application.send_message import SendMessage
 from domain.errors import InvalidInput
 from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, fingerprint
+from domain.message import Message
 from domain.session import SessionKey
 from tests.unit.fakes import ScriptedModel, routed, unavailable
 
@@ -237,3 +242,47 @@ async def test_a_request_keeps_its_key_while_it_runs_longer_than_a_lease(
 
     assert await first == await repeat
     assert len(model.seen) == 1
+
+
+EARLIER = (Message("user", "earlier", datetime(2026, 11, 30, tzinfo=UTC)),)
+
+
+@pytest.mark.parametrize(
+    ("first", "repeat"),
+    [
+        (AS_CONFIGURED, TurnOptions(model="model-0")),
+        (AS_CONFIGURED, TurnOptions(instructions="Answer in French.")),
+        (AS_CONFIGURED, TurnOptions(context=EARLIER)),
+        (TurnOptions(instructions="Answer in French."), TurnOptions(instructions="Be brief.")),
+        (TurnOptions(context=EARLIER), AS_CONFIGURED),
+    ],
+    ids=["model", "instructions", "context", "other-instructions", "options-dropped"],
+)
+async def test_the_same_key_with_other_turn_options_is_a_conflict(
+    send: SendMessage, history: MemoryHistory, first: TurnOptions, repeat: TurnOptions
+) -> None:
+    await send.execute("ns", "s", "hello", "key-1", first)
+
+    with pytest.raises(IdempotencyConflict, match="different request"):
+        await send.execute("ns", "s", "hello", "key-1", repeat)
+
+    assert await stored(history, "s") == ["hello", "reply-1: hello"]
+
+
+async def test_the_same_key_with_the_same_turn_options_is_a_repeat(
+    send: SendMessage, model: ScriptedModel
+) -> None:
+    options = TurnOptions(model="model-0", instructions="Answer in French.", context=EARLIER)
+    first = await send.execute("ns", "s", "hello", "key-1", options)
+    # The retry's earlier messages are stamped when it arrives: their times do not count.
+    resent = (Message("user", "earlier", datetime(2026, 12, 1, tzinfo=UTC)),)
+    same = TurnOptions(model="model-0", instructions="Answer in French.", context=resent)
+
+    assert await send.execute("ns", "s", "hello", "key-1", same) == first
+    assert len(model.seen) == 1
+
+
+def test_a_fingerprint_without_options_is_what_it_was_before_options_existed() -> None:
+    before = hashlib.sha256(msgspec.msgpack.encode(("s", "hello"))).hexdigest()
+    assert fingerprint("s", "hello") == before
+    assert fingerprint("s", "hello", *AS_CONFIGURED.identity()) == before

@@ -13,8 +13,14 @@ from typing import Any
 import pytest
 
 from adapters.memory_model_health import MemoryModelHealth
-from application.errors import ContextTooLong, ModelRejected, ModelTimeout, ModelUnavailable
-from application.model_routing import ModelRoute, ModelRouter
+from application.errors import (
+    ContextTooLong,
+    ModelNotFound,
+    ModelRejected,
+    ModelTimeout,
+    ModelUnavailable,
+)
+from application.model_routing import ModelRoute, ModelRouter, TurnOptions
 from application.ports import TokenSample
 from domain.answer import Answer, Usage
 from domain.context_budget import MESSAGE_TOKENS, prompt_size
@@ -400,3 +406,88 @@ async def test_a_lone_model_of_unknown_window_costs_the_store_nothing_per_reques
         await windowed.reply([], q())
         await asyncio.sleep(0)
     assert Counting.reads == 3
+
+
+# --- a turn's options (OpenAI's API): one named model, instructions, earlier messages ---------
+
+
+@pytest.mark.parametrize("call", ["reply", "stream"])
+async def test_a_named_model_alone_is_asked_and_its_failure_reaches_the_caller(call: str) -> None:
+    failure = down()
+    primary, backup = Model("primary"), Model("backup", failure)
+    models = router(primary, backup)
+    with pytest.raises(ModelUnavailable) as raised:
+        await getattr(models, call)([], q(), TurnOptions(model="backup"))
+    assert raised.value is failure
+    assert (len(primary.seen), len(backup.seen)) == (0, 1)
+
+
+async def test_a_named_model_answers_in_place_of_the_first() -> None:
+    primary, backup = Model("primary"), Model("backup")
+    answer = await router(primary, backup).reply([], q(), TurnOptions(model="backup"))
+    assert answer.model == "backup"
+    assert primary.seen == []
+
+
+@pytest.mark.parametrize("call", ["reply", "stream"])
+async def test_an_unknown_model_name_is_refused_naming_the_configured_ones(call: str) -> None:
+    primary, backup = Model("primary"), Model("backup")
+    with pytest.raises(ModelNotFound, match=r"'gpt-9'.*primary, backup"):
+        await getattr(router(primary, backup), call)([], q(), TurnOptions(model="gpt-9"))
+    assert primary.seen == backup.seen == []
+
+
+def test_check_fits_refuses_an_unknown_model_name_too() -> None:
+    models = router(Model("primary"), Model("backup"))
+    with pytest.raises(ModelNotFound, match=r"'gpt-9'.*primary, backup"):
+        models.check_fits("hello", TurnOptions(model="gpt-9"))
+
+
+async def test_instructions_follow_the_system_prompt_for_their_turn_only() -> None:
+    model = Model("m")
+    models = router(model, system_prompt="Be brief.")
+    await models.reply([], q(), TurnOptions(instructions="Answer in French."))
+    await models.reply([], q())
+    assert [sent.system_prompt for sent in model.seen] == [
+        "Be brief.\n\nAnswer in French.",
+        "Be brief.",
+    ]
+
+
+async def test_instructions_alone_are_the_system_prompt_when_none_is_configured() -> None:
+    model = Model("m")
+    await router(model).reply([], q(), TurnOptions(instructions="Answer in French."))
+    assert model.seen[0].system_prompt == "Answer in French."
+
+
+@pytest.mark.parametrize("call", ["reply", "stream"])
+async def test_context_messages_come_after_the_history_and_before_the_question(
+    call: str,
+) -> None:
+    model = Model("m")
+    history = [Message("user", "stored q", NOW), Message("assistant", "stored a", NOW)]
+    context = (Message("user", "earlier q", NOW), Message("assistant", "earlier a", NOW))
+    await getattr(router(model), call)(history, q("new"), TurnOptions(context=context))
+    assert [m.content for m in model.seen[0].messages] == [
+        "stored q",
+        "stored a",
+        "earlier q",
+        "earlier a",
+        "new",
+    ]
+
+
+async def test_check_fits_counts_the_instructions() -> None:
+    route = ModelRoute("small", Model("small"), context_tokens=600, max_tokens=100)
+    models = router(route, system_prompt="Be brief.")
+    models.check_fits("x" * 1000)
+    models.check_fits("x" * 1000, TurnOptions(instructions="Answer in French."))
+    with pytest.raises(InvalidMessage, match="too long for every configured model"):
+        models.check_fits("x" * 1000, TurnOptions(instructions="y" * 1000))
+
+
+def test_names_lists_the_configured_models_in_order() -> None:
+    models = router(Model("primary"), Model("backup"), Model("last"))
+    assert models.names == ["primary", "backup", "last"]
+    models.names.append("mutated")
+    assert models.names == ["primary", "backup", "last"]
