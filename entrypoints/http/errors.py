@@ -1,6 +1,7 @@
 """Every error leaves as JSON `{"status_code", "detail"}`; no client or upstream cause is a 500."""
 
 import logging
+import traceback
 from typing import Any, NamedTuple
 
 import msgspec
@@ -70,6 +71,17 @@ def _http_exception(error: HTTPException) -> Explained:
     return Explained(error.status_code, detail, error.headers)
 
 
+# Where a request body is decoded: Litestar's decoders, and the strict one of the /v1 routes.
+_BODY_DECODERS = frozenset({"decode_json", "decode_msgpack", "strictly"})
+
+
+def _decoding_body(error: BaseException) -> bool:
+    """Whether `error` was raised while a request body was decoded, rather than by a bug of
+    the service's own, which must not be blamed on the client."""
+    frames = traceback.walk_tb(error.__traceback__)
+    return any(frame.f_code.co_name in _BODY_DECODERS for frame, _ in frames)
+
+
 def _unreadable_body(error: Exception) -> Explained:
     """msgspec raises these two past Litestar's own JSON error handling."""
     if isinstance(error, UnicodeDecodeError):
@@ -109,7 +121,7 @@ def explain(request: Request[Any, Any, Any], error: Exception) -> Explained:
     """What to tell the client about `error`; a failure of the service itself is logged."""
     if isinstance(error, HTTPException):
         return _http_exception(error)
-    if isinstance(error, UnicodeDecodeError | RecursionError):
+    if isinstance(error, UnicodeDecodeError | RecursionError) and _decoding_body(error):
         return _unreadable_body(error)
     if isinstance(error, tuple(_STATUS)):
         return _failed(request, error)

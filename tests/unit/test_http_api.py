@@ -183,6 +183,25 @@ async def test_a_bug_is_a_500_that_leaks_nothing(client: Client, model: Scripted
     assert response.json()["detail"]
 
 
+@pytest.mark.parametrize(
+    "bug",
+    [
+        RecursionError("maximum recursion depth exceeded"),
+        UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"),
+    ],
+    ids=["RecursionError", "UnicodeDecodeError"],
+)
+async def test_a_bug_that_looks_like_a_bad_body_is_still_a_500(
+    client: Client, model: ScriptedModel, bug: Exception
+) -> None:
+    """RecursionError and UnicodeDecodeError are the client's fault only while its body is
+    decoded; raised by the service's own code, they are its bug."""
+    model.failure = bug
+    response = await client.post("/chat/", json={"message": "hi"})
+    assert response.status_code == 500
+    assert response.json()["detail"] == "internal error; it has been logged"
+
+
 async def test_store_down_is_a_503_and_ready_names_it(model: ScriptedModel) -> None:
     async with serve(settings(), model, DownHistory()) as client:
         response = await client.post("/chat/", json={"message": "hi"})
