@@ -92,6 +92,17 @@ async def unstored_pieces(
     yield [Finished("".join(written), stream.usage, stream.model)]
 
 
+async def _framed(
+    pieces: AsyncGenerator[list[Piece], None], frames: Callable[[Piece], bytes]
+) -> AsyncIterator[bytes]:
+    """Each batch of pieces in one write (a keep-alive for an empty one). The pieces are
+    closed at once when the client goes: for an unstored reply, that ends the provider's
+    call, rather than at garbage collection."""
+    async with contextlib.aclosing(pieces):
+        async for batch in pieces:
+            yield b"".join(frames(piece) for piece in batch) or _KEEP_ALIVE
+
+
 def _usage(usage: Usage) -> ResponseUsage:
     total = usage.input_tokens + usage.output_tokens
     return ResponseUsage(
@@ -149,10 +160,8 @@ class ResponsesEvents:
         self._id = ""
         self._seq = 0
 
-    async def frames(self, pieces: AsyncGenerator[list[Piece], None]) -> AsyncIterator[bytes]:
-        async with contextlib.aclosing(pieces):
-            async for batch in pieces:
-                yield b"".join(self._frames(piece) for piece in batch) or _KEEP_ALIVE
+    def frames(self, pieces: AsyncGenerator[list[Piece], None]) -> AsyncIterator[bytes]:
+        return _framed(pieces, self._frames)
 
     def _frames(self, piece: Piece) -> bytes:
         if isinstance(piece, str):
@@ -243,10 +252,8 @@ class ChatChunks:
         self._include_usage = include_usage
         self._created = int(time.time())
 
-    async def frames(self, pieces: AsyncGenerator[list[Piece], None]) -> AsyncIterator[bytes]:
-        async with contextlib.aclosing(pieces):
-            async for batch in pieces:
-                yield b"".join(self._frames(piece) for piece in batch) or _KEEP_ALIVE
+    def frames(self, pieces: AsyncGenerator[list[Piece], None]) -> AsyncIterator[bytes]:
+        return _framed(pieces, self._frames)
 
     def _frames(self, piece: Piece) -> bytes:
         if isinstance(piece, str):
