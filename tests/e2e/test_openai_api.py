@@ -392,6 +392,17 @@ def test_models_list_default_first_then_every_configured_model(alice: OpenAI) ->
     assert {model.owned_by for model in models} == {"chat-service"}
 
 
+def test_a_model_is_retrieved_by_name_and_an_unknown_one_is_not_found(alice: OpenAI) -> None:
+    assert [alice.models.retrieve(name).id for name in ("default", PRIMARY, FALLBACK)] == [
+        "default",
+        PRIMARY,
+        FALLBACK,
+    ]
+    with pytest.raises(openai.NotFoundError) as raised:
+        alice.models.retrieve("gpt-4o")
+    assert raised.value.code == "model_not_found"
+
+
 def test_the_default_model_is_the_configured_order_also_when_left_out(alice: OpenAI) -> None:
     assert alice.responses.create(model="default", input="which?").model == PRIMARY
     assert alice.responses.create(input="which?").model == PRIMARY
@@ -761,7 +772,7 @@ def test_chat_completions_by_model_name_with_a_user_field(
     assert completion.choices[0].finish_reason == "stop"
 
 
-@pytest.mark.parametrize("session_id", ["has space", "a/b", "x" * 129])
+@pytest.mark.parametrize("session_id", ["has space", "a/b", "x" * 129, ""])
 def test_a_session_header_outside_chats_rules_is_a_bad_request(
     alice: OpenAI, session_id: str
 ) -> None:

@@ -408,3 +408,13 @@ def test_a_stream_of_an_unknown_model_or_response_is_refused_before_it_starts(
         client.chat.completions.create(
             model="nope", messages=[{"role": "user", "content": "hi"}], stream=True
         )
+
+
+def test_a_chunk_stream_with_a_blank_session_header_is_a_bad_request(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="default",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            extra_headers={"X-Session-ID": ""},
+        )
