@@ -913,6 +913,14 @@ def test_the_same_idempotency_key_for_another_input_is_a_conflict(alice: OpenAI)
         alice.responses.create(
             model="default", conversation=conv.id, input="second", extra_headers=key
         )
+    with pytest.raises(openai.ConflictError):  # the same input, other turn options
+        alice.responses.create(
+            model="default",
+            conversation=conv.id,
+            input="first",
+            instructions="Be brief.",
+            extra_headers=key,
+        )
     assert [text for _, _, text in texts(alice, conv.id, order="asc")] == [
         "first",
         echo_reply("first"),
