@@ -10,8 +10,11 @@ Streaming has its own file, test_openai_streaming.py.
 """
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -203,6 +206,17 @@ def test_the_readme_example_on_the_embedded_defaults(launch: ServiceLauncher) ->
         _, replies = readme_example(client)
         assert [model.id for model in client.models.list()] == ["default", "primary"]
     assert replies == [echo_reply("Hello"), echo_reply("And again?", 2), echo_reply("Stream it", 4)]
+    # And the README's own text, run as printed (only the port is this service's).
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    example = readme.split("## OpenAI's API", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    run = subprocess.run(
+        [sys.executable, "-c", example.replace("127.0.0.1:8000", defaults.url.split("//")[1])],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert echo_reply("Hello") in run.stdout
 
 
 # --- responses -------------------------------------------------------------------------------
