@@ -3,8 +3,7 @@ from collections.abc import AsyncGenerator
 from application.model_routing import ModelRouter, OpenedStream, TurnOptions
 from application.ports import ChatHistory, Clock
 from application.send_message import utc_now
-from domain.answer import Answer, Usage, estimate_usage
-from domain.conversation import prompt_texts
+from domain.answer import Answer, Usage
 from domain.message import Message, check_user_message
 from domain.session import SessionKey, parse_session_id
 
@@ -83,6 +82,4 @@ class UnstoredStream:
                     counted = chunk
         finally:
             await opened.rest.aclose()
-        if counted is not None:
-            opened.counted(counted)
-        self.usage = counted or estimate_usage(prompt_texts(opened.conversation), "".join(written))
+        self.usage = opened.cost(counted, "".join(written))

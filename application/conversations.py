@@ -44,7 +44,14 @@ class Conversations:
 
     async def show(self, namespace: str, session_id: str) -> tuple[SessionInfo, list[Message]]:
         """The conversation and its stored messages, oldest first."""
+        return await self._show(SessionKey(namespace, parse_session_id(session_id)))
+
+    async def delete(self, namespace: str, session_id: str) -> None:
         key = SessionKey(namespace, parse_session_id(session_id))
+        await self._show(key)
+        await self._history.delete(key)
+
+    async def _show(self, key: SessionKey) -> tuple[SessionInfo, list[Message]]:
         info = await self._history.info(key)
         messages = await self._history.load(key)
         if info is None:
@@ -52,10 +59,6 @@ class Conversations:
                 raise SessionNotFound(f"no conversation {key.session_id!r}")
             info = SessionInfo(messages[0].created_at)
         return info, messages
-
-    async def delete(self, namespace: str, session_id: str) -> None:
-        await self.show(namespace, session_id)
-        await self._history.delete(SessionKey(namespace, parse_session_id(session_id)))
 
 
 def _check_metadata(metadata: dict[str, str]) -> None:

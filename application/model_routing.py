@@ -85,6 +85,14 @@ class OpenedStream(NamedTuple):
     rest: AsyncGenerator[str | Usage, None]
     counted: Callable[[Usage], None]
 
+    def cost(self, reported: Usage | None, text: str) -> Usage:
+        """What the reply `text` cost: the provider's count, which calibrates the model's
+        estimate, or an estimate when it sent none."""
+        if reported is None:
+            return estimate_usage(prompt_texts(self.conversation), text)
+        self.counted(reported)
+        return reported
+
 
 class _Seen(NamedTuple):
     """A model's shared status as this process last saw it, on its own clock."""

@@ -15,7 +15,6 @@ from application.reply_run import ReplyRun, Streamed, nothing_to_do
 from application.request_leases import RequestLeases
 from application.send_message import utc_now
 from domain.answer import Usage, estimate_usage
-from domain.conversation import prompt_texts
 from domain.idempotency import Receipt, Reply, fingerprint, parse_idempotency_key
 from domain.message import Message, check_user_message
 from domain.reply_events import (
@@ -215,12 +214,9 @@ class StreamMessage:
         """Relay the rest of the reply, store the exchange, and end with done or error."""
         texts = [opened.first]
         try:
-            usage, stopped = await self._relay(run, opened.rest, texts)
-            if usage is not None:
-                opened.counted(usage)
+            reported, stopped = await self._relay(run, opened.rest, texts)
             answer = "".join(texts)
-            if stopped or usage is None:
-                usage = estimate_usage(prompt_texts(opened.conversation), answer)
+            usage = opened.cost(reported, answer)  # a stopped reply's is None: an estimate
             receipt = None
             if pending is not None:
                 reply = Reply(run.key.session_id, answer, usage, opened.model)
