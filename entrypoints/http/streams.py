@@ -77,6 +77,11 @@ def _frame(reply_id: str, event: ReplyEvent) -> bytes:
     )
 
 
+def asgi_headers(headers: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
+    """Headers as an ASGI response's start message carries them."""
+    return [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+
+
 class EventStream:
     """The response to a stream request, as an ASGI app: each chunk of `frames` in one
     write. A client that hangs up ends it (Litestar's Stream did the same); what `frames`
@@ -87,12 +92,7 @@ class EventStream:
         self, frames: AsyncIterator[bytes] | None, headers: dict[str, str] | None = None
     ) -> None:
         self._frames = frames
-        self._headers = _HEADERS
-        if headers:
-            self._headers = [
-                *_HEADERS,
-                *((k.lower().encode(), v.encode()) for k, v in headers.items()),
-            ]
+        self._headers = [*_HEADERS, *asgi_headers(headers)] if headers else _HEADERS
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._frames is None:

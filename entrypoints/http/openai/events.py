@@ -103,6 +103,13 @@ async def _framed(
             yield b"".join(frames(piece) for piece in batch) or _KEEP_ALIVE
 
 
+def completion_usage(usage: Usage) -> CompletionUsage:
+    total = usage.input_tokens + usage.output_tokens
+    return CompletionUsage(
+        prompt_tokens=usage.input_tokens, completion_tokens=usage.output_tokens, total_tokens=total
+    )
+
+
 def _usage(usage: Usage) -> ResponseUsage:
     total = usage.input_tokens + usage.output_tokens
     return ResponseUsage(
@@ -265,11 +272,7 @@ class ChatChunks:
                 self._model = piece.model
             last = self._chunk(Delta(), finish="stop")
             if self._include_usage:
-                usage = CompletionUsage(
-                    prompt_tokens=piece.usage.input_tokens,
-                    completion_tokens=piece.usage.output_tokens,
-                    total_tokens=piece.usage.input_tokens + piece.usage.output_tokens,
-                )
+                usage = completion_usage(piece.usage)
                 last += self._data(
                     ChatCompletionChunk(
                         id=self._id,

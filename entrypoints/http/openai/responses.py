@@ -1,8 +1,9 @@
 """OpenAI's Responses API over the service's sessions, and its Chat Completions."""
 
 import time
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 from litestar import Controller, Request, post
@@ -14,6 +15,7 @@ from litestar.params import HeaderParameter, JSONBody
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from application.errors import SessionNotFound
+from application.model_routing import TurnOptions
 from domain.answer import Usage, estimate_usage
 from domain.errors import InvalidSessionId
 from domain.session import parse_session_id
@@ -28,8 +30,10 @@ from entrypoints.http.errors import status_of
 from entrypoints.http.openai.errors import OPENAI_SEND_ERRORS, InvalidParameter
 from entrypoints.http.openai.events import (
     ChatChunks,
+    Piece,
     ResponsesEvents,
     ResponseShape,
+    completion_usage,
     response,
     stored_pieces,
     unstored_pieces,
@@ -41,7 +45,6 @@ from entrypoints.http.openai.wire import (
     ChatCompletion,
     ChatCompletionRequest,
     Choice,
-    CompletionUsage,
     Content,
     ConversationRef,
     OutputMessage,
@@ -51,7 +54,7 @@ from entrypoints.http.openai.wire import (
     strictly,
 )
 from entrypoints.http.openai.wire import Response as ResponseObject
-from entrypoints.http.streams import KEEP_ALIVE_SECONDS, MEDIA_TYPE, EventStream
+from entrypoints.http.streams import KEEP_ALIVE_SECONDS, MEDIA_TYPE, EventStream, asgi_headers
 
 SESSION_HEADER = "X-Session-ID"
 RESPONSES_STREAMED = """\
@@ -96,13 +99,66 @@ class JsonAnswer:
 
     def __init__(self, body: object, headers: dict[str, str] | None = None) -> None:
         self._body = _encode(body)
-        self._headers = [(b"content-type", b"application/json")]
-        for name, value in (headers or {}).items():
-            self._headers.append((name.lower().encode(), value.encode()))
+        self._headers = [(b"content-type", b"application/json"), *asgi_headers(headers)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": self._headers})
         await send({"type": "http.response.body", "body": self._body, "more_body": False})
+
+
+class _Answered(NamedTuple):
+    text: str
+    usage: Usage
+    model: str | None
+    stored_in: str | None  # the session; None when nothing was stored
+
+
+async def _answer(
+    caller: Caller,
+    session_id: str | None,
+    text: str,
+    options: TurnOptions,
+    *,
+    store: bool,
+    idempotency_key: str | None,
+) -> _Answered:
+    """A whole reply, stored in its session (with the Idempotency-Key) or stored nowhere."""
+    services = caller.services
+    if store:
+        reply = await services.send_message.execute(
+            caller.namespace, session_id, text, idempotency_key, options
+        )
+        usage = reply.usage or estimate_usage((text,), reply.response)  # an older receipt's
+        return _Answered(reply.response, usage, reply.model, reply.session_id)
+    answer = await services.answer_unstored.reply(caller.namespace, session_id, text, options)
+    assert answer.usage is not None  # the router always counts or estimates it
+    return _Answered(answer.text, answer.usage, answer.model, None)
+
+
+async def _stream(
+    caller: Caller,
+    session_id: str | None,
+    text: str,
+    options: TurnOptions,
+    *,
+    store: bool,
+    idempotency_key: str | None,
+) -> tuple[AsyncGenerator[list[Piece], None], str | None]:
+    """A reply as it is written, once its first text is: stored (it then runs to its end
+    whoever follows it) or stored nowhere; and its model, when already known."""
+    services = caller.services
+    if store:
+        streamed = await services.stream_message.start(
+            caller.namespace,
+            session_id,
+            text,
+            idempotency_key,
+            idle_seconds=KEEP_ALIVE_SECONDS,
+            options=options,
+        )
+        return stored_pieces(streamed), None
+    unstored = await services.answer_unstored.stream(caller.namespace, session_id, text, options)
+    return unstored_pieces(unstored, status_of), unstored.model
 
 
 async def _session(caller: Caller, data: ResponsesRequest) -> str | None:
@@ -164,45 +220,24 @@ class ResponsesController(Controller):
             data.store,
         )
         turned = turn_id(caller.namespace, idempotency_key)
-        services = caller.services
         if data.stream:
-            if data.store:
-                streamed = await services.stream_message.start(
-                    caller.namespace,
-                    session_id,
-                    text,
-                    idempotency_key,
-                    idle_seconds=KEEP_ALIVE_SECONDS,
-                    options=options,
-                )
-                pieces = stored_pieces(streamed)
-            else:
-                unstored = await services.answer_unstored.stream(
-                    caller.namespace, session_id, text, options
-                )
-                pieces = unstored_pieces(unstored, status_of)
+            pieces, _ = await _stream(
+                caller, session_id, text, options, store=data.store, idempotency_key=idempotency_key
+            )
             return EventStream(ResponsesEvents(shape, turned).frames(pieces))
-        if data.store:
-            reply = await services.send_message.execute(
-                caller.namespace, session_id, text, idempotency_key, options
-            )
-            answered, usage, model = reply.response, reply.usage, reply.model
-            stored_in: str | None = reply.session_id
-        else:
-            answer = await services.answer_unstored.reply(
-                caller.namespace, session_id, text, options
-            )
-            answered, usage, model, stored_in = answer.text, answer.usage, answer.model, None
+        answered = await _answer(
+            caller, session_id, text, options, store=data.store, idempotency_key=idempotency_key
+        )
         message = OutputMessage(
-            id=output_id(turned), status="completed", content=[OutputText(text=answered)]
+            id=output_id(turned), status="completed", content=[OutputText(text=answered.text)]
         )
         body = response(
             shape,
-            response_id(turned, stored_in),
+            response_id(turned, answered.stored_in),
             int(time.time()),
             message,
-            usage=usage or estimate_usage((text,), answered),
-            model=model,
+            usage=answered.usage,
+            model=answered.model,
         )
         return JsonAnswer(body)
 
@@ -248,44 +283,23 @@ class ResponsesController(Controller):
                 raise InvalidParameter(SESSION_HEADER, str(error)) from None
         messages = [(m.role, m.content) for m in data.messages]
         text, options = turn("messages", messages, model=data.model, keep_earlier=not stored)
-        services = caller.services
         headers = {SESSION_HEADER: session_id} if session_id is not None else None
         completion = completion_id()
         if data.stream:
             include_usage = data.stream_options is not None and data.stream_options.include_usage
-            if stored:
-                streamed = await services.stream_message.start(
-                    caller.namespace,
-                    session_id,
-                    text,
-                    idempotency_key,
-                    idle_seconds=KEEP_ALIVE_SECONDS,
-                    options=options,
-                )
-                chunks = ChatChunks(completion, data.model, include_usage)
-                return EventStream(chunks.frames(stored_pieces(streamed)), headers)
-            unstored = await services.answer_unstored.stream(caller.namespace, None, text, options)
-            chunks = ChatChunks(completion, unstored.model, include_usage)
-            return EventStream(chunks.frames(unstored_pieces(unstored, status_of)))
-        if stored:
-            reply = await services.send_message.execute(
-                caller.namespace, session_id, text, idempotency_key, options
+            pieces, model = await _stream(
+                caller, session_id, text, options, store=stored, idempotency_key=idempotency_key
             )
-            answered, usage, model = reply.response, reply.usage, reply.model
-            headers = {SESSION_HEADER: reply.session_id}
-        else:
-            answer = await services.answer_unstored.reply(caller.namespace, None, text, options)
-            answered, usage, model = answer.text, answer.usage, answer.model
-        counted: Usage = usage or estimate_usage((text,), answered)
+            chunks = ChatChunks(completion, model or data.model, include_usage)
+            return EventStream(chunks.frames(pieces), headers)
+        answered = await _answer(
+            caller, session_id, text, options, store=stored, idempotency_key=idempotency_key
+        )
         body = ChatCompletion(
             id=completion,
             created=int(time.time()),
-            model=model or data.model,
-            choices=[Choice(message=AssistantMessage(content=answered))],
-            usage=CompletionUsage(
-                prompt_tokens=counted.input_tokens,
-                completion_tokens=counted.output_tokens,
-                total_tokens=counted.input_tokens + counted.output_tokens,
-            ),
+            model=answered.model or data.model,
+            choices=[Choice(message=AssistantMessage(content=answered.text))],
+            usage=completion_usage(answered.usage),
         )
         return JsonAnswer(body, headers)
