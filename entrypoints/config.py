@@ -108,6 +108,12 @@ def _tokens(text: str) -> tuple[str, ...]:
     return tokens
 
 
+def _token(text: str) -> str:
+    if re.search(r"\s", text):
+        raise ValueError("contains white space")
+    return text
+
+
 def _origins(text: str) -> tuple[str, ...]:
     origins = _comma_list(text)
     for origin in origins:
@@ -250,6 +256,23 @@ class CleanupSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     scope: CleanupScope = "idle"
 
 
+class MetricsSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    enabled: Flag = True  # GET /metrics, in Prometheus' text format
+    token: Annotated[str, Parse(_token), Secret()] = ""  # empty: /metrics is open
+
+
+class LogSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class TracingSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # OTLP over HTTP, e.g. http://localhost:4318 (the collector's traces path is added);
+    # empty: no traces
+    otlp_endpoint: Annotated[str, Parse(_http_url)] = ""
+    service_name: Annotated[str, Meta(min_length=1)] = "chat-service"
+
+
 class Settings(msgspec.Struct, frozen=True):
     server: ServerSettings = ServerSettings()
     auth: AuthSettings = AuthSettings()
@@ -257,6 +280,9 @@ class Settings(msgspec.Struct, frozen=True):
     history: HistorySettings = HistorySettings()
     llm: LlmSettings = LlmSettings()
     cleanup: CleanupSettings = CleanupSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log: LogSettings = LogSettings()
+    tracing: TracingSettings = TracingSettings()
     fallback_models: tuple[NamedModel, ...] = ()  # [llm.<name>] sections, as [llm] lists them
     source: str = NO_CONFIG_FILE  # the config file these came from
 
