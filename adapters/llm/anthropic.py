@@ -1,11 +1,11 @@
 """Anthropic's Messages API: system prompt as a top-level field, text content blocks."""
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import httpx
 import msgspec
 
-from adapters.llm.http_call import ProviderEndpoint, RetryPolicy
+from adapters.llm.http_call import ProviderEndpoint, RetryPolicy, no_retry_hook
 from adapters.llm.sse import SseEvent
 from domain.answer import Answer, Usage
 from domain.conversation import Conversation
@@ -105,10 +105,11 @@ class AnthropicModel:
         max_tokens: int,
         temperature: float | None,
         policy: RetryPolicy,
+        on_retry: Callable[[], None] = no_retry_hook,
     ) -> None:
         self._endpoint = ProviderEndpoint(
             transport, url=url, headers={"x-api-key": api_key, "anthropic-version": API_VERSION},
-            policy=policy, provider=PROVIDER, model=model, secret=api_key,
+            policy=policy, provider=PROVIDER, model=model, secret=api_key, on_retry=on_retry,
         )  # fmt: skip
         self._model = model
         self._max_tokens = max_tokens

@@ -21,6 +21,7 @@ from adapters.llm.provider_error import (
     refused,
 )
 from adapters.llm.sse import SseEvent, SseReader, SseTooLong
+from adapters.request_context import REQUEST_ID
 from application.errors import ContextTooLong, ModelTimeout, ModelUnavailable
 from domain.answer import Usage
 
@@ -34,6 +35,10 @@ ERROR_BODY_SECONDS = 1.0
 
 # What an adapter makes of a provider's events: text deltas, and Usage if the provider counts.
 EventParser = Callable[[AsyncIterator[SseEvent]], AsyncGenerator[str | Usage, None]]
+
+
+def no_retry_hook() -> None:
+    return None
 
 
 class RetryPolicy(msgspec.Struct, frozen=True):
@@ -78,7 +83,9 @@ class ProviderEndpoint:
     """One configured provider: where (URL, headers; a streamed answer may have a URL of its
     own), how patiently (retry policy), over the process's shared transport, and what its
     failures name (provider label, configured model). The configured key is the secret
-    removed from whatever the provider says."""
+    removed from whatever the provider says; `on_retry` is told of each retry (a metric).
+    Each request carries the X-Request-ID of the client request it serves, so the
+    provider's logs can be matched with the service's."""
 
     def __init__(
         self,
@@ -90,6 +97,7 @@ class ProviderEndpoint:
         provider: str,
         model: str,
         secret: str,
+        on_retry: Callable[[], None] = no_retry_hook,
         stream_url: str | None = None,
     ) -> None:
         self._transport = transport
@@ -100,6 +108,7 @@ class ProviderEndpoint:
         self._provider = provider
         self._model = model
         self._secret = secret
+        self._on_retry = on_retry
 
     async def post(self, body: bytes) -> bytes:
         """POST and return the 2xx body.
@@ -180,6 +189,7 @@ class ProviderEndpoint:
             raise again.failure from again.failure.__cause__
         delay = _backoff(self._policy, attempt, again.retry_after)
         log.warning("%s; retry %d of %d in %.2fs", again.failure, attempt + 1, retries, delay)
+        self._on_retry()
         await asyncio.sleep(delay)
 
     async def _post_once(self, body: bytes) -> bytes:
@@ -263,6 +273,8 @@ class ProviderEndpoint:
 
     async def _send(self, url: str, body: bytes, *, stream: bool = False) -> httpx.Response:
         headers = {**self._headers, "accept": "text/event-stream"} if stream else self._headers
+        if (request_id := REQUEST_ID.get()) is not None:
+            headers = {**headers, "x-request-id": request_id}
         request = httpx.Request("POST", url, content=body, headers=headers)
         return await self._transport.handle_async_request(request)
 

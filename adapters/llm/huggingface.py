@@ -10,14 +10,14 @@ posted to as configured, with `"stream": true` in the body. Both answer TGI's ev
 """
 
 import re
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import msgspec
 
-from adapters.llm.http_call import ProviderEndpoint, RetryPolicy, bearer
+from adapters.llm.http_call import ProviderEndpoint, RetryPolicy, bearer, no_retry_hook
 from adapters.llm.sse import SseEvent
 from domain.answer import Answer, Usage
 from domain.conversation import Conversation
@@ -121,11 +121,12 @@ class HuggingFaceModel:
         max_tokens: int | None,
         temperature: float | None,
         policy: RetryPolicy,
+        on_retry: Callable[[], None] = no_retry_hook,
     ) -> None:
         streams_to = stream_url(url)
         self._endpoint = ProviderEndpoint(
             transport, url=url, headers=bearer(api_key), policy=policy, provider=PROVIDER,
-            model=urlsplit(url).path, secret=api_key, stream_url=streams_to,
+            model=urlsplit(url).path, secret=api_key, on_retry=on_retry, stream_url=streams_to,
         )  # fmt: skip
         self._asks_stream = streams_to is None  # /generate_stream streams without being asked
         self._parameters = _Parameters(False, max_new_tokens=max_tokens)

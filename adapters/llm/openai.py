@@ -1,14 +1,14 @@
 """OpenAI-compatible Chat Completions: OpenAI, Mistral, Groq, vLLM, Ollama, TGI Messages API..."""
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any, get_args
 
 import httpx
 import msgspec
 
-from adapters.llm.http_call import ProviderEndpoint, RetryPolicy, bearer
+from adapters.llm.http_call import ProviderEndpoint, RetryPolicy, bearer, no_retry_hook
 from adapters.llm.provider_error import ProviderRefused, ProviderSaid
 from adapters.llm.sse import SseEvent
 from adapters.llm.token_limit import TokenLimitParameter
@@ -128,13 +128,14 @@ class OpenAIChatModel:
         max_tokens: int | None,
         temperature: float | None,
         policy: RetryPolicy,
+        on_retry: Callable[[], None] = no_retry_hook,
         max_tokens_parameter: TokenLimitParameter = "auto",
     ) -> None:
         if max_tokens_parameter not in get_args(TokenLimitParameter):
             raise ValueError(f"unknown max_tokens_parameter {max_tokens_parameter!r}")
         self._endpoint = ProviderEndpoint(
             transport, url=url, headers=bearer(api_key), policy=policy, provider=PROVIDER,
-            model=model, secret=api_key,
+            model=model, secret=api_key, on_retry=on_retry,
         )  # fmt: skip
         self._model = model or None
         self._max_tokens = max_tokens
