@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from application.errors import (
     ContextTooLong,
@@ -19,6 +19,13 @@ from application.errors import (
     ModelUnavailable,
 )
 from application.ports import LanguageModel, ModelHealth, ModelStatus, TokenSample
+from application.telemetry import (
+    UNOBSERVED,
+    FallbackReason,
+    ModelCall,
+    Telemetry,
+    outcome_of,
+)
 from domain.answer import Answer, Usage, estimate_usage
 from domain.context_budget import (
     MESSAGE_TOKENS,
@@ -77,7 +84,7 @@ AS_CONFIGURED = TurnOptions()
 class OpenedStream(NamedTuple):
     """A stream whose first text has arrived: the model that writes it, what it was sent,
     that text, and the rest straight from the adapter (texts, then the provider's Usage if
-    it counts one: hand that to `counted`, which calibrates the model's estimate)."""
+    it counts one), and `counted`, to be told what the whole reply cost."""
 
     model: str
     conversation: Conversation
@@ -88,10 +95,9 @@ class OpenedStream(NamedTuple):
     def cost(self, reported: Usage | None, text: str) -> Usage:
         """What the reply `text` cost: the provider's count, which calibrates the model's
         estimate, or an estimate when it sent none."""
-        if reported is None:
-            return estimate_usage(prompt_texts(self.conversation), text)
-        self.counted(reported)
-        return reported
+        usage = reported or estimate_usage(prompt_texts(self.conversation), text)
+        self.counted(usage)
+        return usage
 
 
 class _Seen(NamedTuple):
@@ -123,6 +129,8 @@ class ModelRouter:
       so a dead primary costs nothing while a fallback answers, and a lone model is still
       tried by every request. After the cooldown, one request at a time probes it in its
       place, and a success puts it back.
+    - Each call is told to the telemetry as it ends (a stream's with its last text), with
+      what the reply cost, and each hand-over to another model with its reason.
     - This process's view of the shared health and calibration is refreshed in the
       background at most every refresh_seconds, so that under load no request waits for
       it; only the first request after STALE_SECONDS without any waits for one (a
@@ -143,6 +151,7 @@ class ModelRouter:
         system_prompt: str | None = None,
         refresh_seconds: float = REFRESH_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry = UNOBSERVED,
     ) -> None:
         if not routes:
             raise ValueError("at least one model is needed")
@@ -152,6 +161,7 @@ class ModelRouter:
         self._system_prompt = system_prompt or None
         self._refresh_seconds = refresh_seconds
         self._clock = clock
+        self._telemetry = telemetry
         self._seen: dict[str, _Seen] = {}
         self._seen_at = -math.inf
         self._refreshing: asyncio.Task[None] | None = None
@@ -196,11 +206,18 @@ class ModelRouter:
         provider counts none)."""
 
         async def ask(route: ModelRoute, sent: Conversation) -> tuple[Conversation, Answer]:
-            return sent, await route.model.reply(sent)
+            started = self._clock()
+            try:
+                answer = await route.model.reply(sent)
+            except BaseException as error:
+                self._called(route, started, error)
+                raise
+            self._called(route, started)
+            return sent, answer
 
         route, (sent, answer) = await self._first(history, question, options, ask)
-        self._calibrate(route, sent, answer.usage)
         usage = answer.usage or estimate_usage(prompt_texts(sent), answer.text)
+        self._counted(route, sent, usage)
         return Answer(answer.text, usage, route.name)
 
     async def stream(
@@ -241,9 +258,11 @@ class ModelRouter:
         if options.context:
             history = [*history, *options.context]
         system = self._system(options)
-        attempts = self._attempts(self._chosen(options), system, history, question)
+        chosen = self._chosen(options)
+        attempts = self._attempts(chosen, system, history, question)
         async with contextlib.aclosing(attempts):  # not left to the loop's finalizer hook
             async for route, sent in attempts:
+                self._handed_over(chosen[0], route, failures)
                 try:
                     try:
                         answer = await ask(route, sent)
@@ -289,6 +308,35 @@ class ModelRouter:
         if self._samples:
             with contextlib.suppress(HistoryUnavailable):
                 await self._refresh()
+
+    def _handed_over(
+        self,
+        first: ModelRoute,
+        route: ModelRoute,
+        failures: list[tuple[str, ModelUnavailable]],
+    ) -> None:
+        """Tell of a request going to `route` rather than the first in line."""
+        if failures:
+            name, error = failures[-1]
+            reason: FallbackReason = "timeout" if isinstance(error, ModelTimeout) else "error"
+            if isinstance(error, ContextTooLong):
+                reason = "context_exceeded"
+            self._telemetry.fell_back(name, route.name, reason)
+        elif route is not first:
+            cooling = self._seen.get(first.name, _UP).cooling_until is not None
+            reason = "cooldown" if cooling else "context_exceeded"  # or it did not fit
+            self._telemetry.fell_back(first.name, route.name, reason)
+
+    def _called(
+        self,
+        route: ModelRoute,
+        started: float,
+        error: BaseException | None = None,
+        first_token_seconds: float | None = None,
+    ) -> None:
+        outcome = "ok" if error is None else outcome_of(error)
+        seconds = self._clock() - started
+        self._telemetry.model_called(ModelCall(route.name, outcome, seconds, first_token_seconds))
 
     # --- which model, and what it is sent ----------------------------------------------------
 
@@ -378,18 +426,24 @@ class ModelRouter:
         return tighter
 
     async def _open(self, route: ModelRoute, conversation: Conversation) -> OpenedStream:
+        started = self._clock()
         deltas = route.model.stream(conversation)
         try:
             first = await _first_text(deltas)
-        except BaseException:
+        except BaseException as error:
             await deltas.aclose()
+            self._called(route, started, error)
             raise
         return OpenedStream(
             route.name,
             conversation,
             first,
-            deltas,
-            functools.partial(self._calibrate, route, conversation),
+            _Timed(
+                deltas,
+                functools.partial(self._called, route, started),
+                first_token_seconds=self._clock() - started,
+            ),
+            functools.partial(self._counted, route, conversation),
         )
 
     # --- health and calibration --------------------------------------------------------------
@@ -416,8 +470,10 @@ class ModelRouter:
             await self._health.recovered(route.name)
         self._seen[route.name] = _Seen(None, 0, seen.tokens_per_char)
 
-    def _calibrate(self, route: ModelRoute, sent: Conversation, usage: Usage | None) -> None:
-        if usage is not None and usage.source == "provider":
+    def _counted(self, route: ModelRoute, sent: Conversation, usage: Usage) -> None:
+        """A reply's cost: told, and the provider's count calibrates the model's estimate."""
+        self._telemetry.tokens_used(route.name, usage)
+        if usage.source == "provider":
             chars, messages = prompt_size(sent)
             self._note_sample(route, usage.input_tokens, chars, messages)
 
@@ -474,6 +530,51 @@ class ModelRouter:
         if all(isinstance(error, ModelTimeout) for _, error in failures):
             return ModelTimeout(f"every model timed out: {said}")
         return ModelUnavailable(f"every model failed: {said}")
+
+
+class _Timed(AsyncGenerator[str | Usage, None]):
+    """The rest of a stream, whose call is told once, as it ends: exhausted, failed or
+    closed. A class, not a generator function: a generator closed before its first step
+    runs no `finally`, and would neither close the provider's stream nor tell its end."""
+
+    def __init__(
+        self,
+        deltas: AsyncGenerator[str | Usage, None],
+        ended: Callable[[BaseException | None, float], None],
+        *,
+        first_token_seconds: float,
+    ) -> None:
+        self._deltas = deltas
+        self._ended: Callable[[BaseException | None, float], None] | None = ended
+        self._first_token_seconds = first_token_seconds
+
+    def _end(self, error: BaseException | None) -> None:
+        if self._ended is not None:
+            ended, self._ended = self._ended, None
+            ended(error, self._first_token_seconds)
+
+    async def asend(self, value: None) -> str | Usage:
+        try:
+            return await self._deltas.asend(value)
+        except StopAsyncIteration:
+            self._end(None)
+            raise
+        except BaseException as error:
+            self._end(error)
+            raise
+
+    async def athrow(self, *args: Any) -> str | Usage:
+        try:
+            return await self._deltas.athrow(*args)
+        except BaseException as error:
+            self._end(None if isinstance(error, StopAsyncIteration) else error)
+            raise
+
+    async def aclose(self) -> None:
+        try:
+            await self._deltas.aclose()
+        finally:
+            self._end(GeneratorExit())
 
 
 async def _first_text(deltas: AsyncGenerator[str | Usage, None]) -> str:

@@ -6,6 +6,7 @@ from typing import TypeVar
 
 from application.errors import HistoryUnavailable, IdempotencyConflict
 from application.ports import ChatHistory
+from application.telemetry import UNOBSERVED, Telemetry
 from domain.idempotency import Receipt
 
 T = TypeVar("T")
@@ -22,7 +23,8 @@ class RequestLeases:
 
     A request holds its key on a short lease, renewed while it runs, so the key of a request
     whose process died (or whose release failed with the store) is free again within one
-    lease. The clock and the sleep are injectable, so tests need not wait.
+    lease. The clock and the sleep are injectable, so tests need not wait. A repeat answered
+    from its receipt, or following the first as it runs, is told to the telemetry.
     """
 
     def __init__(
@@ -33,12 +35,14 @@ class RequestLeases:
         lease_seconds: float = 10.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry = UNOBSERVED,
     ) -> None:
         self._receipts = receipts
         self._in_flight = in_flight_seconds
         self._lease = lease_seconds
         self._sleep = sleep
         self._now = monotonic
+        self._telemetry = telemetry
 
     async def claim(self, pending: Receipt) -> Receipt | None:
         """None once this request owns its key; otherwise the same request's receipt, once
@@ -60,8 +64,10 @@ class RequestLeases:
             if held.fingerprint != pending.fingerprint:
                 raise IdempotencyConflict(ANOTHER_REQUEST)
             if held.reply is not None:
+                self._telemetry.replayed()
                 return held
             if (following := await follow(held)) is not None:
+                self._telemetry.replayed()
                 return following
             if self._now() + pause > deadline:
                 raise IdempotencyConflict(STILL_RUNNING)

@@ -14,6 +14,7 @@ from application.reply_publisher import FINAL_PUBLISH_SECONDS, ReplyPublisher
 from application.reply_run import ReplyRun, Streamed, nothing_to_do
 from application.request_leases import RequestLeases
 from application.send_message import utc_now
+from application.telemetry import UNOBSERVED, StreamOutcome, Telemetry
 from domain.answer import Usage, estimate_usage
 from domain.idempotency import Receipt, Reply, fingerprint, parse_idempotency_key
 from domain.message import Message, check_user_message
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 OnDisconnect = Literal["continue", "cancel"]
 
+CLIENT_GONE_STATUS = 499  # nginx's "client closed request": no one is left to read it
 CLIENT_GONE = "the client disconnected and [llm] stream_on_disconnect is cancel; nothing was stored"
 SHUT_DOWN = "the service stopped before the reply was complete; nothing was stored"
 
@@ -57,6 +59,8 @@ class StreamMessage:
       reply without the model, a repeat of a running one follows it, and the key with
       another request is a conflict. A reply that fails frees its key before its error goes
       out, so a client that retries on seeing the error runs the request again.
+    - Each reply's start and end (done, stopped, error, client_gone) is told to the
+      telemetry.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class StreamMessage:
         on_disconnect: OnDisconnect = "continue",
         clock: Clock = utc_now,
         leases: RequestLeases | None = None,
+        telemetry: Telemetry = UNOBSERVED,
     ) -> None:
         self._history = history
         self._models = models
@@ -81,6 +86,7 @@ class StreamMessage:
         self._clock = clock
         self._attach = attach
         self._leases = leases
+        self._telemetry = telemetry
         self._running: dict[asyncio.Task[None], ReplyRun] = {}
 
     async def start(
@@ -155,7 +161,7 @@ class StreamMessage:
     def client_gone(self, run: ReplyRun) -> None:
         """The client that asked for `run` hung up."""
         if self._on_disconnect == "cancel":
-            _cancel(run, 499, CLIENT_GONE)
+            _cancel(run, CLIENT_GONE_STATUS, CLIENT_GONE)
 
     async def drain(self, seconds: float) -> None:
         """At shutdown: let running replies finish for up to `seconds`, then end them."""
@@ -193,9 +199,14 @@ class StreamMessage:
             run.emit(DeltaData(opened.first))
             run.committed.set_result(None)
             published = asyncio.create_task(self._publisher.publish(run))
+            self._telemetry.stream_started()
+            outcome: StreamOutcome = "error"
             try:
-                await self._finish(run, question, opened, pending)
+                outcome = await self._finish(run, question, opened, pending)
             finally:
+                if run.cancelled_with is not None and run.cancelled_with[0] == CLIENT_GONE_STATUS:
+                    outcome = "client_gone"
+                self._telemetry.stream_ended(outcome)
                 await opened.rest.aclose()
                 self._publisher.hurry()  # its last events
                 # Even while this task is cancelled: a reply ended so still publishes its error.
@@ -210,7 +221,7 @@ class StreamMessage:
         question: Message,
         opened: OpenedStream,
         pending: Receipt | None,
-    ) -> None:
+    ) -> StreamOutcome:
         """Relay the rest of the reply, store the exchange, and end with done or error."""
         texts = [opened.first]
         try:
@@ -230,14 +241,15 @@ class StreamMessage:
             raise
         except (ModelUnavailable, HistoryUnavailable) as error:
             await self._fail(run, pending, self._status(error), str(error))
-            return
+            return "error"
         except Exception as error:
             log.exception("reply %s failed", run.reply_id, exc_info=error)
             await self._fail(
                 run, pending, self._status(error), "internal error; it has been logged"
             )
-            return
+            return "error"
         run.emit(DoneData(run.key.session_id, answer, usage, opened.model, stopped))
+        return "stopped" if stopped else "done"
 
     async def _fail(self, run: ReplyRun, pending: Receipt | None, status: int, detail: str) -> None:
         """End with an error; the key is freed first, so a client that retries on seeing the
