@@ -34,6 +34,7 @@ from entrypoints.http.limits import MAX_BODY_BYTES
 from entrypoints.http.openai import openai_router
 from entrypoints.http.openai.errors import also_under_prefix
 from entrypoints.http.page import chat_page, page_assets
+from entrypoints.http.request_log import REQUEST_ID_HEADER, RequestLog
 from entrypoints.http.streams import StreamController
 from entrypoints.logs import configure_logging
 
@@ -43,7 +44,7 @@ log = logging.getLogger("chat")
 _DRAIN_SECONDS = 30.0
 
 # What a browser client on another origin may read besides the body and simple headers.
-_EXPOSED = ["Retry-After", "WWW-Authenticate"]
+_EXPOSED = ["Retry-After", "WWW-Authenticate", REQUEST_ID_HEADER]
 
 
 async def _store_answers(services: Services) -> bool:
@@ -110,7 +111,7 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         middleware=[DefineMiddleware(AuthAndRateLimit, tokens=settings.auth.tokens)],
         **security,
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             chat,
             openai_router(settings.auth.tokens, security),
@@ -144,6 +145,9 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
             render_plugins=docs_render_plugins(),
         ),
     )
+    # Around all that Litestar runs: an unknown path's 404 gets its line and id too.
+    app.asgi_handler = RequestLog(app.asgi_handler)
+    return app
 
 
 def _app_from_environment() -> Litestar:
@@ -153,6 +157,7 @@ def _app_from_environment() -> Litestar:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    configure_logging(settings.log)
     return create_app(settings)
 
 

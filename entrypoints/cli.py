@@ -50,6 +50,7 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int) 
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
+    configure_logging(settings.log)
     if workers > 1 and settings.redis.url == MEMORY_URL:
         print("config error: [redis] url memory:// keeps one history per process; "
               "use one worker or a shared Redis", file=sys.stderr)  # fmt: skip
@@ -95,6 +96,10 @@ def _run_uvicorn(host: str, port: int, workers: int) -> bool:
         port=port,
         workers=workers,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        # Our request line (entrypoints/http/request_log.py) replaces uvicorn's access log,
+        # and uvicorn's own lines go through our handler, in [log] format.
+        access_log=False,
+        log_config=None,
     )
     if workers > 1:
         _Workers(config, sockets=[config.bind_socket()]).run()

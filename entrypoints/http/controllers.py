@@ -18,6 +18,7 @@ from domain.session import SESSION_ID_ALPHABET, SESSION_ID_MAX_LENGTH, WHITESPAC
 from entrypoints.container import Services
 from entrypoints.http.errors import Problem, problem
 from entrypoints.http.limits import MAX_BODY
+from entrypoints.http.request_log import note_reply, note_session
 
 # The domain's rules, stated in the OpenAPI document so that a client built from it never
 # sends what it calls valid and gets a 400; the domain enforces them and says what is wrong.
@@ -154,9 +155,12 @@ class ChatController(Controller):
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> Reply:
         """A missing, null or blank session_id starts a new session; the reply names it."""
-        return await caller.services.send_message.execute(
+        note_session(data.session_id)
+        reply = await caller.services.send_message.execute(
             caller.namespace, data.session_id, data.message, idempotency_key
         )
+        note_reply(reply.session_id, reply.model, reply.usage)
+        return reply
 
     @get(
         "/{session_id:str}",
@@ -168,6 +172,7 @@ class ChatController(Controller):
         session_id: SessionIdInPath,
         caller: NamedDependency[Caller],
     ) -> HistoryView:
+        note_session(session_id)
         messages = await caller.services.show_history.execute(caller.namespace, session_id)
         return HistoryView(session_id.strip(), messages)
 
@@ -179,6 +184,7 @@ class ChatController(Controller):
         session_id: SessionIdInPath,
         caller: NamedDependency[Caller],
     ) -> None:
+        note_session(session_id)
         await caller.services.delete_history.execute(caller.namespace, session_id)
 
 

@@ -39,6 +39,7 @@ from entrypoints.http.controllers import (
     caller_of,
     error_spec,
 )
+from entrypoints.http.request_log import note_failure, note_reply, note_session
 
 KEEP_ALIVE_SECONDS = 15.0
 _KEEP_ALIVE = b": keep-alive\n\n"
@@ -64,9 +65,28 @@ async def _frames(streamed: Streamed) -> AsyncIterator[bytes]:
     """Each batch of events in one write."""
     try:
         async for batch in streamed.events:
+            if batch:
+                _note(batch[0], batch[-1])
             yield b"".join(_frame(streamed.reply_id, event) for event in batch) or _KEEP_ALIVE
     finally:
         streamed.client_gone()
+
+
+_session = msgspec.json.Decoder(SessionData).decode
+_done = msgspec.json.Decoder(DoneData).decode
+_error = msgspec.json.Decoder(ErrorData).decode
+
+
+def _note(first: ReplyEvent, last: ReplyEvent) -> None:
+    """The request line's facts, from the events that carry them: the session event opens
+    its batch, a terminal event ends its own. The deltas are not looked at."""
+    if first.name == "session":
+        note_session(_session(first.data).session_id)
+    if last.name == "done":
+        done = _done(last.data)
+        note_reply(done.session_id, done.model, done.usage, stopped=done.stopped)
+    elif last.name == "error":
+        note_failure(_error(last.data).status_code)
 
 
 def _frame(reply_id: str, event: ReplyEvent) -> bytes:
@@ -206,6 +226,7 @@ class StreamController(Controller):
         idempotency_key: IdempotencyKeyHeader = None,
     ) -> EventStream:
         """Errors known before the model's first text (400-504) are JSON, never a stream."""
+        note_session(data.session_id)
         streamed = await caller.services.stream_message.start(
             caller.namespace,
             data.session_id,
@@ -246,6 +267,7 @@ class StreamController(Controller):
             ),
         ] = None,
     ) -> EventStream:
+        note_session(session_id)
         streamed = await caller.services.attach_reply.execute(
             caller.namespace, session_id, last_event_id, idle_seconds=KEEP_ALIVE_SECONDS
         )
@@ -259,5 +281,6 @@ class StreamController(Controller):
         summary="Stop the session's running reply; what was written so far is stored",
     )
     async def stop(self, session_id: SessionIdInPath, caller: NamedDependency[Caller]) -> Stopping:
+        note_session(session_id)
         await caller.services.stop_reply.execute(caller.namespace, session_id)
         return Stopping(session_id.strip())

@@ -29,9 +29,10 @@ PREFIX = "hostile"
 SYSTEM_PROMPT = "Be brief."
 MARKER = "x-injected"  # what every header-injection attempt tries to add
 # What this service may answer with; anything else would be a header a client put there.
+# x-request-id is the client's only when sane (no CR, LF or spaces), else one the service made.
 RESPONSE_HEADERS = {
     "date", "server", "content-type", "content-length", "connection", "www-authenticate",
-    "retry-after", "allow", "transfer-encoding",
+    "retry-after", "allow", "transfer-encoding", "x-request-id",
 }  # fmt: skip
 
 
@@ -302,8 +303,10 @@ def test_crlf_anywhere_in_a_request_adds_no_response_header_and_no_second_respon
     assert MARKER.encode() not in head.lower(), head
     assert snapshot(store) == before
     assert_no_unhandled_error(service)
-    # Nor a line of its own in the access log: a path is logged percent-encoded, on one line.
-    forged = [line for line in service.stdout().splitlines() if line.lower().startswith(MARKER)]
+    # Nor a line of its own in the log: a request's line names its route, not its path, and a
+    # line break in any message is written as \n.
+    output = service.stdout() + service.stderr()
+    forged = [line for line in output.splitlines() if line.lower().startswith(MARKER)]
     assert not forged, forged
 
 
@@ -314,7 +317,8 @@ assert len(ALICES_ID) == len(NEVER_ID)
 
 
 def _comparable(response: httpx.Response, session_id: str) -> tuple[int, dict[str, str], bytes]:
-    headers = {k: v for k, v in response.headers.items() if k.lower() != "date"}
+    differ = {"date", "x-request-id"}  # each response has its own
+    headers = {k: v for k, v in response.headers.items() if k.lower() not in differ}
     return response.status_code, headers, response.content.replace(session_id.encode(), b"<id>")
 
 

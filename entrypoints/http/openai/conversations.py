@@ -22,6 +22,7 @@ from entrypoints.http.openai.wire import (
     OutputText,
     strictly,
 )
+from entrypoints.http.request_log import note_session
 
 ITEMS_MAX_LIMIT = 100
 
@@ -58,6 +59,7 @@ class ConversationsController(Controller):
     ) -> Conversation:
         metadata = strictly(await request.body(), ConversationCreate).metadata or {}
         session_id, info = await caller.services.conversations.create(caller.namespace, metadata)
+        note_session(session_id)
         return Conversation(
             id=session_id, created_at=_epoch(info.created_at), metadata=info.metadata
         )
@@ -70,6 +72,7 @@ class ConversationsController(Controller):
     async def show(
         self, conversation_id: SessionIdInPath, caller: NamedDependency[Caller]
     ) -> Conversation:
+        note_session(conversation_id)
         info, _ = await caller.services.conversations.show(caller.namespace, conversation_id)
         return Conversation(
             id=conversation_id.strip(), created_at=_epoch(info.created_at), metadata=info.metadata
@@ -84,6 +87,7 @@ class ConversationsController(Controller):
     async def forget(
         self, conversation_id: SessionIdInPath, caller: NamedDependency[Caller]
     ) -> ConversationDeleted:
+        note_session(conversation_id)
         await caller.services.conversations.delete(caller.namespace, conversation_id)
         return ConversationDeleted(id=conversation_id.strip())
 
@@ -101,6 +105,7 @@ class ConversationsController(Controller):
         order: Annotated[Literal["asc", "desc"], QueryParameter()] = "desc",
     ) -> ConversationItems:
         """Newest first unless order=asc; `after` an item id, for the next page."""
+        note_session(conversation_id)
         _, messages = await caller.services.conversations.show(caller.namespace, conversation_id)
         listed = [_item(message) for message in messages]
         if order == "desc":

@@ -31,6 +31,7 @@ from entrypoints.http.openai.wire import (
     ResponseError,
     ResponseUsage,
 )
+from entrypoints.http.request_log import note_failure, note_reply, note_session
 
 
 class Started(NamedTuple):
@@ -61,14 +62,19 @@ async def stored_pieces(streamed: Streamed) -> AsyncGenerator[list[Piece], None]
             pieces: list[Piece] = []
             for event in batch:
                 if event.name == "session":
-                    pieces.append(Started(_session(event.data).session_id))
+                    session_id = _session(event.data).session_id
+                    note_session(session_id)
+                    pieces.append(Started(session_id))
                 elif event.name == "delta":
                     pieces.append(_delta(event.data).text)
                 elif event.name == "done":
                     done = _done(event.data)
+                    note_reply(done.session_id, done.model, done.usage, stopped=done.stopped)
                     pieces.append(Finished(done.response, done.usage, done.model))
                 else:
-                    pieces.append(_error(event.data))
+                    error = _error(event.data)
+                    note_failure(error.status_code)
+                    pieces.append(error)
             yield pieces
     finally:
         streamed.client_gone()
@@ -86,9 +92,11 @@ async def unstored_pieces(
                 written.append(text)
                 yield [text]
     except (ModelUnavailable, HistoryUnavailable) as error:
+        note_failure(status_of(error))
         yield [ErrorData(status_of(error), str(error))]
         return
     assert stream.usage is not None
+    note_reply(None, stream.model, stream.usage)
     yield [Finished("".join(written), stream.usage, stream.model)]
 
 

@@ -54,6 +54,7 @@ from entrypoints.http.openai.wire import (
     strictly,
 )
 from entrypoints.http.openai.wire import Response as ResponseObject
+from entrypoints.http.request_log import note_reply, note_session
 from entrypoints.http.streams import KEEP_ALIVE_SECONDS, MEDIA_TYPE, EventStream, asgi_headers
 
 SESSION_HEADER = "X-Session-ID"
@@ -124,14 +125,17 @@ async def _answer(
 ) -> _Answered:
     """A whole reply, stored in its session (with the Idempotency-Key) or stored nowhere."""
     services = caller.services
+    note_session(session_id)
     if store:
         reply = await services.send_message.execute(
             caller.namespace, session_id, text, idempotency_key, options
         )
         usage = reply.usage or estimate_usage((text,), reply.response)  # an older receipt's
+        note_reply(reply.session_id, reply.model, usage)
         return _Answered(reply.response, usage, reply.model, reply.session_id)
     answer = await services.answer_unstored.reply(caller.namespace, session_id, text, options)
     assert answer.usage is not None  # the router always counts or estimates it
+    note_reply(None, answer.model, answer.usage)
     return _Answered(answer.text, answer.usage, answer.model, None)
 
 
@@ -147,6 +151,7 @@ async def _stream(
     """A reply as it is written, once its first text is: stored (it then runs to its end
     whoever follows it) or stored nowhere; and its model, when already known."""
     services = caller.services
+    note_session(session_id)
     if store:
         streamed = await services.stream_message.start(
             caller.namespace,
