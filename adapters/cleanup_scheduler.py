@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from adapters.prometheus_metrics import PrometheusMetrics
 from application.errors import HistoryUnavailable
 from application.purge_histories import PurgeHistories
 
@@ -23,9 +24,16 @@ class CleanupScheduler:
     in start(), inside the running event loop, as AsyncIOScheduler 3.x requires.
     """
 
-    def __init__(self, purge: PurgeHistories, *, interval_seconds: int) -> None:
+    def __init__(
+        self,
+        purge: PurgeHistories,
+        *,
+        interval_seconds: int,
+        metrics: PrometheusMetrics | None = None,
+    ) -> None:
         self._purge = purge
         self._interval = interval_seconds
+        self._metrics = metrics
         self._scheduler: AsyncIOScheduler | None = None
         self.runs = 0  # purges this process performed
 
@@ -37,6 +45,8 @@ class CleanupScheduler:
             return None
         if deleted is not None:
             self.runs += 1
+            if self._metrics is not None:
+                self._metrics.cleaned_up(deleted)
             log.info("cleanup deleted %d chat histories", deleted)
         return deleted
 

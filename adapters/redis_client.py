@@ -1,7 +1,8 @@
 """One pooled redis.asyncio client per process, and the bound every call to it runs within."""
 
 import asyncio
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 from redis.asyncio import ConnectionPool, Redis
@@ -14,6 +15,9 @@ from application.errors import HistoryUnavailable
 
 TIMEOUT_SECONDS = 2.0
 
+# Told of each store call as it ends: its operation, its seconds, whether it failed.
+StoreObserver = Callable[[str, float, bool], None]
+
 
 class StoreCall:
     """`async with StoreCall("the history store is unavailable"):` around Redis calls.
@@ -22,15 +26,26 @@ class StoreCall:
     text. One asyncio deadline per call rather than redis-py's socket timeouts: those cost a
     task per command sent (asyncio.wait_for), much of redis-py's CPU per command. A call
     cut off mid-command is safe: redis-py drops a connection whose command was cancelled.
+    `observe`, if given, is told how the call went under its `operation` name.
     """
 
-    __slots__ = ("_seconds", "_timeout", "_what")
+    __slots__ = ("_observe", "_operation", "_seconds", "_started", "_timeout", "_what")
 
-    def __init__(self, what: str, seconds: float = TIMEOUT_SECONDS) -> None:
+    def __init__(
+        self,
+        what: str,
+        seconds: float = TIMEOUT_SECONDS,
+        *,
+        operation: str = "",
+        observe: StoreObserver | None = None,
+    ) -> None:
         self._what = what
         self._seconds = seconds
+        self._operation = operation
+        self._observe = observe
 
     async def __aenter__(self) -> None:
+        self._started = time.perf_counter()
         self._timeout = asyncio.timeout(self._seconds)
         await self._timeout.__aenter__()
 
@@ -40,12 +55,31 @@ class StoreCall:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        failed = isinstance(error, RedisError)
         try:
             await self._timeout.__aexit__(kind, error, traceback)
         except TimeoutError as late:
+            failed = True
             raise HistoryUnavailable(self._what) from late
-        if isinstance(error, RedisError):
+        finally:
+            if self._observe is not None:
+                self._observe(self._operation, time.perf_counter() - self._started, failed)
+        if failed:
             raise HistoryUnavailable(self._what) from error
+
+
+class StoreCalls:
+    """One adapter's store calls: what their failure says, and who is told of each.
+    `async with self._call("history.load"):`"""
+
+    __slots__ = ("_observe", "_what")
+
+    def __init__(self, what: str, observe: StoreObserver | None = None) -> None:
+        self._what = what
+        self._observe = observe
+
+    def __call__(self, operation: str, seconds: float = TIMEOUT_SECONDS) -> StoreCall:
+        return StoreCall(self._what, seconds, operation=operation, observe=self._observe)
 
 
 class _ResetAware(AbstractConnection):

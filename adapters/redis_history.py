@@ -9,7 +9,7 @@ from typing import cast
 import msgspec
 from redis.asyncio import Redis
 
-from adapters.redis_client import StoreCall
+from adapters.redis_client import StoreCalls, StoreObserver
 from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, Reply
 from domain.message import Message, Role
 from domain.session import SessionInfo, SessionKey
@@ -133,9 +133,17 @@ def _idle(newest: bytes, written_before: datetime) -> bool:
 
 class RedisHistory:
     def __init__(
-        self, client: Redis, *, key_prefix: str, max_messages: int, ttl_seconds: int
+        self,
+        client: Redis,
+        *,
+        key_prefix: str,
+        max_messages: int,
+        ttl_seconds: int,
+        observe: StoreObserver | None = None,
     ) -> None:
         self._client = client
+        self._call = StoreCalls(_UNAVAILABLE, observe)
+        self._ping = StoreCalls("redis did not answer", observe)
         self._key_prefix = key_prefix
         self._prefix = f"{key_prefix}:history:"
         # Braces are no glob characters, and namespaces and session ids hold none: this
@@ -157,7 +165,7 @@ class RedisHistory:
         return f"{self._receipt_prefix}{receipt.namespace}:{receipt.key}"
 
     async def load(self, key: SessionKey) -> list[Message]:
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("history.load"):
             entries = cast(
                 list[bytes],
                 await self._client.lrange(self._key(key), -self._max_messages, -1),
@@ -185,36 +193,36 @@ class RedisHistory:
         if receipt is not None:
             keys.append(self._receipt_key(receipt))
             args += [_stored_receipt(receipt), RECEIPT_TTL_SECONDS]
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("history.append"):
             result = await self._append(keys=keys, args=args)
         return _decode_receipt(result[1:]).reply if isinstance(result, bytes) else None
 
     async def claim(self, pending: Receipt, ttl_seconds: float) -> Receipt | None:
         args: list[bytes | int] = [_stored_receipt(pending), _milliseconds(ttl_seconds)]
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("receipt.claim"):
             held = await self._claim(keys=[self._receipt_key(pending)], args=args)
         return None if held is None else _decode_receipt(held[1:])
 
     async def extend(self, pending: Receipt, ttl_seconds: float) -> None:
         args: list[bytes | int] = [_stored_receipt(pending), _milliseconds(ttl_seconds)]
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("receipt.extend"):
             await self._extend(keys=[self._receipt_key(pending)], args=args)
 
     async def release(self, pending: Receipt) -> None:
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("receipt.release"):
             await self._release(keys=[self._receipt_key(pending)], args=[_stored_receipt(pending)])
 
     async def delete(self, key: SessionKey) -> None:
         history = self._key(key)
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("history.delete"):
             await self._client.unlink(history, _record_key(history))
 
     async def open(self, key: SessionKey, info: SessionInfo) -> None:
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("session.open"):
             await self._client.set(_record_key(self._key(key)), _encode(info), ex=self._ttl or None)
 
     async def info(self, key: SessionKey) -> SessionInfo | None:
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("session.info"):
             stored = cast(bytes | None, await self._client.get(_record_key(self._key(key))))
         if stored is None:
             return None
@@ -235,7 +243,7 @@ class RedisHistory:
         is left to its TTL. Without `written_before`, every history and every record goes.
         """
         deleted = 0
-        async with StoreCall(_UNAVAILABLE, seconds=PURGE_TIMEOUT_SECONDS):
+        async with self._call("history.purge", seconds=PURGE_TIMEOUT_SECONDS):
             async for names in self._batches(_glob_escape(self._prefix) + "*", batch):
                 deleted += await self._purge_batch(names, written_before)
             if written_before is None:
@@ -275,5 +283,5 @@ class RedisHistory:
             return sum(cast(list[int], await pipe.execute()))
 
     async def ping(self) -> None:
-        async with StoreCall("redis did not answer"):
+        async with self._ping("ping"):
             await self._client.ping()

@@ -13,7 +13,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from adapters.redis_client import StoreCall
+from adapters.redis_client import StoreCalls, StoreObserver
 from application.ports import ModelStatus, TokenSample
 
 _UNAVAILABLE = "the model health store is unavailable"
@@ -109,8 +109,10 @@ class RedisModelHealth:
         key_prefix: str,
         cooldown_seconds: float,
         cooldown_failures: int,
+        observe: StoreObserver | None = None,
     ) -> None:
         self._client = client
+        self._call = StoreCalls(_UNAVAILABLE, observe)
         self._prefix = f"{key_prefix}:model:"
         self._cooldown_ms = _milliseconds(cooldown_seconds)
         self._cooldown_failures = cooldown_failures
@@ -132,7 +134,7 @@ class RedisModelHealth:
             calls.append(
                 (self._prefix + name, [tokens, chars, CALIBRATION_CHARS_CAP, IDLE_EXPIRY_SECONDS])
             )
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("model_health.statuses"):
             answers = await self._statuses(calls)
         return {name: _status(answer) for name, answer in zip(names, answers, strict=True)}
 
@@ -154,17 +156,17 @@ class RedisModelHealth:
 
     async def failed(self, name: str) -> ModelStatus:
         args = [self._cooldown_ms, self._cooldown_failures, IDLE_EXPIRY_SECONDS]
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("model_health.failed"):
             answer = await self._failed(keys=[self._prefix + name], args=args)
         return _status(answer)
 
     async def recovered(self, name: str) -> None:
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("model_health.recovered"):
             await self._recovered(keys=[self._prefix + name], args=[IDLE_EXPIRY_SECONDS])
 
     async def claim_probe(self, name: str, seconds: float) -> bool:
         args = [_milliseconds(seconds), IDLE_EXPIRY_SECONDS]
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("model_health.claim_probe"):
             return bool(await self._claim_probe(keys=[self._prefix + name], args=args))
 
 

@@ -14,7 +14,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from adapters.redis_client import StoreCall
+from adapters.redis_client import StoreCalls, StoreObserver
 from adapters.redis_history import history_key
 from application.ports import Publication, Published, ReplyRead
 from domain.reply_events import ReplyEvent
@@ -65,9 +65,16 @@ _decode = msgspec.msgpack.Decoder(list[ReplyEvent]).decode
 
 class RedisReplyLog:
     def __init__(
-        self, client: Redis, *, key_prefix: str, keep_seconds: int, lease_seconds: float
+        self,
+        client: Redis,
+        *,
+        key_prefix: str,
+        keep_seconds: int,
+        lease_seconds: float,
+        observe: StoreObserver | None = None,
     ) -> None:
         self._client = client
+        self._call = StoreCalls(_UNAVAILABLE, observe)
         self._prefix = key_prefix
         self._keep = keep_seconds
         self._lease_ms = max(1, round(lease_seconds * 1000))
@@ -93,7 +100,7 @@ class RedisReplyLog:
              self._args(reply_id, events, published, replace=False))
             for key, reply_id, events, published in replies
         ]  # fmt: skip
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("reply_log.publish"):
             answers = await self._published(calls)
             lost = [i for i, answer in enumerate(answers) if answer == b"lost"]
             if lost:
@@ -136,7 +143,7 @@ class RedisReplyLog:
         ]  # fmt: skip
 
     async def latest(self, key: SessionKey) -> str | None:
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("reply_log.latest"):
             reply_id = await self._client.get(self._latest_key(key))
         return None if reply_id is None else cast(bytes, reply_id).decode()
 
@@ -145,7 +152,7 @@ class RedisReplyLog:
     ) -> ReplyRead | None:
         stream, lease, _ = self._keys(key, reply_id)
         start = "-" if after < 0 else f"({after}-1"
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("reply_log.read"):
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.xrange(stream, start, "+")
                 pipe.exists(lease)
@@ -157,7 +164,7 @@ class RedisReplyLog:
             if events or not running or wait_seconds <= 0:
                 return ReplyRead(events, bool(running))
         # Outside the first call's deadline: this one blocks for up to wait_seconds.
-        async with StoreCall(_UNAVAILABLE, seconds=wait_seconds + 2):
+        async with self._call("reply_log.wait", seconds=wait_seconds + 2):
             found: Any = await self._client.xread(
                 {stream: f"{after}-1" if after >= 0 else "0-0"},
                 block=max(1, round(wait_seconds * 1000)),
@@ -171,7 +178,7 @@ class RedisReplyLog:
         if reply_id is None:
             return False
         _, lease, stop = self._keys(key, reply_id)
-        async with StoreCall(_UNAVAILABLE):
+        async with self._call("reply_log.stop"):
             return bool(await self._request_stop(keys=[lease, stop], args=[self._keep]))
 
 

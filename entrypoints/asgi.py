@@ -20,6 +20,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from adapters.embedded_redis import service_root_pid
+from adapters.prometheus_metrics import share_between_workers, worker_stopped
 from application.errors import HistoryUnavailable
 from application.ports import JobLock
 from entrypoints.config import ConfigError, Settings, describe, load_settings
@@ -31,6 +32,7 @@ from entrypoints.http.disconnect import cancel_on_disconnect
 from entrypoints.http.docs import DOCS_PATH, docs_assets, docs_render_plugins
 from entrypoints.http.errors import EXCEPTION_HANDLERS
 from entrypoints.http.limits import MAX_BODY_BYTES
+from entrypoints.http.metrics import http_metrics, metrics_route
 from entrypoints.http.openai import openai_router
 from entrypoints.http.openai.errors import also_under_prefix
 from entrypoints.http.page import chat_page, page_assets
@@ -101,6 +103,7 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
             await services.stream_message.drain(_DRAIN_SECONDS)
             await services.models.close()
             await close_resources(container)
+            worker_stopped()
 
     security: dict[str, Any] = {}
     if settings.auth.tokens:
@@ -108,9 +111,14 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
     chat = Router(
         "/",
         route_handlers=[ChatController, StreamController],
-        middleware=[DefineMiddleware(AuthAndRateLimit, tokens=settings.auth.tokens)],
+        middleware=[
+            DefineMiddleware(
+                AuthAndRateLimit, tokens=settings.auth.tokens, refusal=EXCEPTION_HANDLERS[Exception]
+            )
+        ],
         **security,
     )
+    metrics = settings.metrics.enabled
     app = Litestar(
         route_handlers=[
             chat,
@@ -120,12 +128,13 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
             chat_page,
             page_assets(),
             docs_assets(),
+            *([metrics_route(settings.metrics.token)] if metrics else []),
         ],
         lifespan=[lifespan],
         # configure_logging()'s plain handler, not Litestar's queue handler: its thread is
         # never drained in a worker ended by uvicorn's re-raised SIGTERM, losing last lines.
         logging_config=None,
-        middleware=[cancel_on_disconnect],
+        middleware=[cancel_on_disconnect, *([http_metrics()] if metrics else [])],
         exception_handlers=also_under_prefix(EXCEPTION_HANDLERS),
         plugins=[ClosedStructSchema()],
         request_max_body_size=MAX_BODY_BYTES,
@@ -158,6 +167,8 @@ def _app_from_environment() -> Litestar:
         print(f"config error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(settings.log)
+    if settings.metrics.enabled:
+        share_between_workers()
     return create_app(settings)
 
 

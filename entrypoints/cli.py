@@ -5,6 +5,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
 from adapters.embedded_redis import EmbeddedRedis, EmbeddedRedisError
+from adapters.prometheus_metrics import for_workers
 from entrypoints.config import CONFIG_ENV, MEMORY_URL, ConfigError, load_settings
 from entrypoints.logs import configure_logging
 
@@ -71,11 +73,15 @@ def serve(config: str | None, host: str | None, port: int | None, workers: int) 
         except (EmbeddedRedisError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
+    # Every worker counts in one directory, so that one scrape sums them all.
+    shared_metrics = for_workers() if workers > 1 and settings.metrics.enabled else None
     try:
         started = _run_uvicorn(host or settings.server.host, port or settings.server.port, workers)
     finally:
         if embedded is not None:
             embedded.release()
+        if shared_metrics is not None:
+            shutil.rmtree(shared_metrics, ignore_errors=True)
     return 0 if started else STARTUP_FAILURE
 
 

@@ -1,5 +1,6 @@
 """The composition root: the only place where settings choose the real adapters."""
 
+import functools
 import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -15,14 +16,15 @@ from adapters.embedded_redis import EmbeddedRedis
 from adapters.llm.aiohttp_transport import AiohttpTransport
 from adapters.llm.anthropic import AnthropicModel, messages_url
 from adapters.llm.echo import EchoModel
-from adapters.llm.http_call import RetryPolicy
+from adapters.llm.http_call import RetryPolicy, no_retry_hook
 from adapters.llm.huggingface import HuggingFaceModel
 from adapters.llm.openai import OpenAIChatModel, chat_completions_url
 from adapters.memory_coordination import MemoryJobLock, MemoryRateLimiter
 from adapters.memory_history import MemoryHistory
 from adapters.memory_model_health import MemoryModelHealth
 from adapters.memory_reply_log import MemoryReplyLog
-from adapters.redis_client import connect
+from adapters.prometheus_metrics import PrometheusMetrics
+from adapters.redis_client import StoreObserver, connect
 from adapters.redis_coordination import RedisJobLock, RedisRateLimiter
 from adapters.redis_history import RedisHistory
 from adapters.redis_model_health import RedisModelHealth
@@ -40,6 +42,7 @@ from application.send_message import SendMessage
 from application.show_history import ShowHistory
 from application.stop_reply import StopReply
 from application.stream_message import StreamMessage
+from application.telemetry import UNOBSERVED, Telemetry
 from entrypoints.config import MEMORY_URL, ModelSettings, RedisSettings, Settings, redis_location
 from entrypoints.http.errors import status_of
 
@@ -116,7 +119,9 @@ def _provider_url(model: ModelSettings) -> str:
 
 
 def _language_model(
-    model: ModelSettings, transport: httpx.AsyncBaseTransport | None
+    model: ModelSettings,
+    transport: httpx.AsyncBaseTransport | None,
+    on_retry: Callable[[], None],
 ) -> LanguageModel:
     if model.provider == "echo" or transport is None:
         return EchoModel(word_seconds=model.echo_word_seconds)
@@ -125,22 +130,24 @@ def _language_model(
         assert model.max_tokens is not None  # the config requires it
         return AnthropicModel(
             transport, url=url, api_key=key, model=model.model, max_tokens=model.max_tokens,
-            temperature=model.temperature, policy=policy,
+            temperature=model.temperature, policy=policy, on_retry=on_retry,
         )  # fmt: skip
     if model.provider == "huggingface":
         return HuggingFaceModel(
             transport, url=url, api_key=key, max_tokens=model.max_tokens,
-            temperature=model.temperature, policy=policy,
+            temperature=model.temperature, policy=policy, on_retry=on_retry,
         )  # fmt: skip
     return OpenAIChatModel(
         transport, url=url, api_key=key, model=model.model, max_tokens=model.max_tokens,
-        temperature=model.temperature, policy=policy,
+        temperature=model.temperature, policy=policy, on_retry=on_retry,
         max_tokens_parameter=model.max_tokens_parameter,
     )  # fmt: skip
 
 
 async def _model_routes(
-    settings: Settings, transport: Callable[[], Awaitable[httpx.AsyncBaseTransport]]
+    settings: Settings,
+    transport: Callable[[], Awaitable[httpx.AsyncBaseTransport]],
+    metrics: PrometheusMetrics | None,
 ) -> list[ModelRoute]:
     """Every configured model in order; the HTTP client is opened only if one is remote."""
     models = settings.models()
@@ -149,13 +156,31 @@ async def _model_routes(
     return [
         ModelRoute(
             model.name,
-            _language_model(model.settings, client),
+            _language_model(model.settings, client, _retry_hook(metrics, model.name)),
             context_tokens=model.settings.context_tokens,
             max_tokens=model.settings.max_tokens,
             call_seconds=_call_seconds(model.settings),
         )
         for model in models
     ]
+
+
+def _metrics(settings: Settings) -> PrometheusMetrics | None:
+    if not settings.metrics.enabled:
+        return None
+    return PrometheusMetrics([model.name for model in settings.models()])
+
+
+def _telemetry(metrics: PrometheusMetrics | None) -> Telemetry:
+    return metrics or UNOBSERVED
+
+
+def _store_observer(metrics: PrometheusMetrics | None) -> StoreObserver | None:
+    return None if metrics is None else metrics.store_call
+
+
+def _retry_hook(metrics: PrometheusMetrics | None, model: str) -> Callable[[], None]:
+    return no_retry_hook if metrics is None else functools.partial(metrics.retried, model)
 
 
 class Container(containers.DeclarativeContainer):
@@ -167,6 +192,9 @@ class Container(containers.DeclarativeContainer):
     redis_url = providers.Resource(_redis_url, redis_settings)
     redis_client = providers.Resource(_redis_client, redis_url)
     provider_transport = providers.Resource(_provider_transport)
+    metrics = providers.Singleton(_metrics, settings)
+    telemetry = providers.Callable(_telemetry, metrics)
+    store_observer = providers.Callable(_store_observer, metrics)
 
     store_kind = providers.Callable(_store_kind, redis_settings)
     store_location = providers.Callable(_store_location, redis_settings, redis_url)
@@ -183,6 +211,7 @@ class Container(containers.DeclarativeContainer):
             key_prefix=redis_settings.key_prefix,
             max_messages=settings.provided.history.max_messages,
             ttl_seconds=redis_settings.session_ttl_seconds,
+            observe=store_observer,
         ),
     )
     reply_log = providers.Selector(
@@ -198,12 +227,15 @@ class Container(containers.DeclarativeContainer):
             key_prefix=redis_settings.key_prefix,
             keep_seconds=settings.provided.history.stream_keep_seconds,
             lease_seconds=LEASE_SECONDS,
+            observe=store_observer,
         ),
     )
     job_lock = providers.Selector(
         store_kind,
         memory=providers.Singleton(MemoryJobLock),
-        redis=providers.Singleton(RedisJobLock, redis_client, key_prefix=redis_settings.key_prefix),
+        redis=providers.Singleton(
+            RedisJobLock, redis_client, key_prefix=redis_settings.key_prefix, observe=store_observer
+        ),
     )
     rate_limiter = providers.Selector(
         providers.Callable(_limiter_kind, settings),
@@ -217,6 +249,7 @@ class Container(containers.DeclarativeContainer):
             key_prefix=redis_settings.key_prefix,
             limit=window.limit,
             window_seconds=window.window_seconds,
+            observe=store_observer,
         ),
     )
 
@@ -233,20 +266,25 @@ class Container(containers.DeclarativeContainer):
             key_prefix=redis_settings.key_prefix,
             cooldown_seconds=llm.cooldown_seconds,
             cooldown_failures=llm.cooldown_failures,
+            observe=store_observer,
         ),
     )
-    model_routes = providers.Coroutine(_model_routes, settings, provider_transport.provider)
+    model_routes = providers.Coroutine(
+        _model_routes, settings, provider_transport.provider, metrics
+    )
     models = providers.Singleton(
         ModelRouter,
         model_routes,
         model_health,
         system_prompt=llm.system_prompt,
+        telemetry=telemetry,
     )
 
     leases = providers.Singleton(
         RequestLeases,
         history,
         in_flight_seconds=providers.Callable(_longest_request_seconds, settings),
+        telemetry=telemetry,
     )
     send_message = providers.Singleton(
         SendMessage,
@@ -266,12 +304,14 @@ class Container(containers.DeclarativeContainer):
         attach=attach_reply,
         on_disconnect=llm.stream_on_disconnect,
         leases=leases,
+        telemetry=telemetry,
     )
     answer_unstored = providers.Singleton(
         AnswerUnstored,
         history,
         models,
         max_message_chars=settings.provided.history.max_message_chars,
+        telemetry=telemetry,
     )
     conversations = providers.Singleton(Conversations, history)
     stop_reply = providers.Singleton(StopReply, reply_log)
@@ -287,6 +327,7 @@ class Container(containers.DeclarativeContainer):
             scope=settings.provided.cleanup.scope,
         ),
         interval_seconds=settings.provided.cleanup.interval_seconds,
+        metrics=metrics,
     )
 
 
@@ -317,6 +358,7 @@ class Services:
     job_lock: JobLock
     rate_limiter: RateLimiter | None
     cleanup: CleanupScheduler
+    metrics: PrometheusMetrics | None  # None: [metrics] enabled = false
 
     @classmethod
     async def resolve(cls, container: Container) -> "Services":
@@ -341,4 +383,5 @@ class Services:
             job_lock=await get(container.job_lock),
             rate_limiter=await get(container.rate_limiter),
             cleanup=await get(container.cleanup),
+            metrics=await get(container.metrics),
         )

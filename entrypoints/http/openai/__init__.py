@@ -7,7 +7,7 @@ from litestar.middleware import DefineMiddleware
 
 from entrypoints.http.auth import AuthAndRateLimit
 from entrypoints.http.openai.conversations import ConversationsController
-from entrypoints.http.openai.errors import OPENAI_EXCEPTION_HANDLERS, OPENAI_PREFIX
+from entrypoints.http.openai.errors import OPENAI_EXCEPTION_HANDLERS, OPENAI_PREFIX, openai_error
 from entrypoints.http.openai.models import list_models, show_model
 from entrypoints.http.openai.responses import ResponsesController
 
@@ -17,7 +17,7 @@ def openai_router(tokens: tuple[str, ...], security: dict[str, Any]) -> Router:
     return Router(
         OPENAI_PREFIX,
         route_handlers=[ConversationsController, ResponsesController, list_models, show_model],
-        middleware=[DefineMiddleware(AuthAndRateLimit, tokens=tokens)],
+        middleware=[DefineMiddleware(AuthAndRateLimit, tokens=tokens, refusal=openai_error)],
         exception_handlers=OPENAI_EXCEPTION_HANDLERS,
         **security,
     )
