@@ -1,13 +1,11 @@
 """Telemetry kept in lists, for tests to read what the use cases told."""
 
 from application.telemetry import FallbackReason, ModelCall, StreamOutcome
-from domain.answer import Usage
 
 
 class MemoryTelemetry:
     def __init__(self) -> None:
         self.calls: list[ModelCall] = []
-        self.tokens: list[tuple[str, Usage]] = []
         self.fallbacks: list[tuple[str, str, FallbackReason]] = []
         self.streams_active = 0
         self.stream_outcomes: list[StreamOutcome] = []
@@ -15,9 +13,6 @@ class MemoryTelemetry:
 
     def model_called(self, call: ModelCall) -> None:
         self.calls.append(call)
-
-    def tokens_used(self, model: str, usage: Usage) -> None:
-        self.tokens.append((model, usage))
 
     def fell_back(self, from_model: str, to_model: str, reason: FallbackReason) -> None:
         self.fallbacks.append((from_model, to_model, reason))

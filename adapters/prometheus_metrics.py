@@ -28,7 +28,6 @@ from prometheus_client import (
 )
 
 from application.telemetry import FallbackReason, ModelCall, ModelOutcome, StreamOutcome
-from domain.answer import Usage
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Litestar adds the charset to a text/* media type itself.
@@ -140,11 +139,9 @@ class PrometheusMetrics:
         f.model_seconds.labels(call.model).observe(call.seconds)
         if call.first_token_seconds is not None:
             f.first_token_seconds.labels(call.model).observe(call.first_token_seconds)
-
-    def tokens_used(self, model: str, usage: Usage) -> None:
-        tokens = self._families.model_tokens
-        tokens.labels(model, "input", usage.source).inc(usage.input_tokens)
-        tokens.labels(model, "output", usage.source).inc(usage.output_tokens)
+        if (usage := call.usage) is not None:
+            f.model_tokens.labels(call.model, "input", usage.source).inc(usage.input_tokens)
+            f.model_tokens.labels(call.model, "output", usage.source).inc(usage.output_tokens)
 
     def fell_back(self, from_model: str, to_model: str, reason: FallbackReason) -> None:
         self._families.fallbacks.labels(from_model, to_model, reason).inc()

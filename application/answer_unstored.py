@@ -89,10 +89,10 @@ class UnstoredStream:
                 else:
                     counted = chunk
             outcome = "done"
+            self.usage = opened.cost(counted, "".join(written))
         except Exception:
             outcome = "error"
             raise
         finally:
             self._telemetry.stream_ended(outcome)
             await opened.rest.aclose()
-        self.usage = opened.cost(counted, "".join(written))

@@ -23,6 +23,7 @@ from application.telemetry import (
     UNOBSERVED,
     FallbackReason,
     ModelCall,
+    ModelOutcome,
     Telemetry,
     outcome_of,
 )
@@ -84,7 +85,7 @@ AS_CONFIGURED = TurnOptions()
 class OpenedStream(NamedTuple):
     """A stream whose first text has arrived: the model that writes it, what it was sent,
     that text, and the rest straight from the adapter (texts, then the provider's Usage if
-    it counts one), and `counted`, to be told what the whole reply cost."""
+    it counts one), and `counted`, to be told what the whole reply cost (`cost` tells it)."""
 
     model: str
     conversation: Conversation
@@ -205,19 +206,19 @@ class ModelRouter:
         """The first answer a model gives, with its name and usage (estimated when the
         provider counts none)."""
 
-        async def ask(route: ModelRoute, sent: Conversation) -> tuple[Conversation, Answer]:
+        async def ask(route: ModelRoute, sent: Conversation) -> tuple[Conversation, Answer, float]:
             started = self._clock()
             try:
                 answer = await route.model.reply(sent)
             except BaseException as error:
-                self._called(route, started, error)
+                self._tell(route, outcome_of(error), self._clock() - started)
                 raise
-            self._called(route, started)
-            return sent, answer
+            return sent, answer, self._clock() - started
 
-        route, (sent, answer) = await self._first(history, question, options, ask)
+        route, (sent, answer, seconds) = await self._first(history, question, options, ask)
         usage = answer.usage or estimate_usage(prompt_texts(sent), answer.text)
-        self._counted(route, sent, usage)
+        self._calibrate(route, sent, usage)
+        self._tell(route, "ok", seconds, usage=usage)
         return Answer(answer.text, usage, route.name)
 
     async def stream(
@@ -327,16 +328,16 @@ class ModelRouter:
             reason = "cooldown" if cooling else "context_exceeded"  # or it did not fit
             self._telemetry.fell_back(first.name, route.name, reason)
 
-    def _called(
+    def _tell(
         self,
         route: ModelRoute,
-        started: float,
-        error: BaseException | None = None,
+        outcome: ModelOutcome,
+        seconds: float,
         first_token_seconds: float | None = None,
+        usage: Usage | None = None,
     ) -> None:
-        outcome = "ok" if error is None else outcome_of(error)
-        seconds = self._clock() - started
-        self._telemetry.model_called(ModelCall(route.name, outcome, seconds, first_token_seconds))
+        call = ModelCall(route.name, outcome, seconds, first_token_seconds, usage)
+        self._telemetry.model_called(call)
 
     # --- which model, and what it is sent ----------------------------------------------------
 
@@ -432,19 +433,20 @@ class ModelRouter:
             first = await _first_text(deltas)
         except BaseException as error:
             await deltas.aclose()
-            self._called(route, started, error)
+            self._tell(route, outcome_of(error), self._clock() - started)
             raise
+        timed = _Timed(deltas, functools.partial(self._tell, route), self._clock, started)
         return OpenedStream(
             route.name,
             conversation,
             first,
-            _Timed(
-                deltas,
-                functools.partial(self._called, route, started),
-                first_token_seconds=self._clock() - started,
-            ),
-            functools.partial(self._counted, route, conversation),
+            timed,
+            functools.partial(self._costed, route, conversation, timed),
         )
+
+    def _costed(self, route: ModelRoute, sent: Conversation, timed: "_Timed", usage: Usage) -> None:
+        self._calibrate(route, sent, usage)
+        timed.tell(usage)
 
     # --- health and calibration --------------------------------------------------------------
 
@@ -470,9 +472,8 @@ class ModelRouter:
             await self._health.recovered(route.name)
         self._seen[route.name] = _Seen(None, 0, seen.tokens_per_char)
 
-    def _counted(self, route: ModelRoute, sent: Conversation, usage: Usage) -> None:
-        """A reply's cost: told, and the provider's count calibrates the model's estimate."""
-        self._telemetry.tokens_used(route.name, usage)
+    def _calibrate(self, route: ModelRoute, sent: Conversation, usage: Usage) -> None:
+        """The provider's count of a reply's cost calibrates the model's estimate."""
         if usage.source == "provider":
             chars, messages = prompt_size(sent)
             self._note_sample(route, usage.input_tokens, chars, messages)
@@ -533,25 +534,37 @@ class ModelRouter:
 
 
 class _Timed(AsyncGenerator[str | Usage, None]):
-    """The rest of a stream, whose call is told once, as it ends: exhausted, failed or
-    closed. A class, not a generator function: a generator closed before its first step
-    runs no `finally`, and would neither close the provider's stream nor tell its end."""
+    """The rest of a stream, timed to its end (exhausted, failed or closed); the call is
+    told once, with its cost when it is known (`tell`), else when the stream is closed.
+    A class, not a generator function: a generator closed before its first step runs no
+    `finally`, and would neither close the provider's stream nor tell its end."""
 
     def __init__(
         self,
         deltas: AsyncGenerator[str | Usage, None],
-        ended: Callable[[BaseException | None, float], None],
-        *,
-        first_token_seconds: float,
+        told: Callable[[ModelOutcome, float, float, Usage | None], None],
+        clock: Callable[[], float],
+        started: float,
     ) -> None:
         self._deltas = deltas
-        self._ended: Callable[[BaseException | None, float], None] | None = ended
-        self._first_token_seconds = first_token_seconds
+        self._told: Callable[[ModelOutcome, float, float, Usage | None], None] | None = told
+        self._clock = clock
+        self._started = started
+        self._first_token_seconds = clock() - started
+        self._ended: tuple[ModelOutcome, float] | None = None
 
     def _end(self, error: BaseException | None) -> None:
-        if self._ended is not None:
-            ended, self._ended = self._ended, None
-            ended(error, self._first_token_seconds)
+        if self._ended is None:
+            outcome = "ok" if error is None else outcome_of(error)
+            self._ended = (outcome, self._clock() - self._started)
+
+    def tell(self, usage: Usage | None) -> None:
+        """Tell the call, once: how it ended (now, if it has not), and what it cost."""
+        self._end(None)
+        if self._told is not None and self._ended is not None:
+            told, self._told = self._told, None
+            outcome, seconds = self._ended
+            told(outcome, seconds, self._first_token_seconds, usage)
 
     async def asend(self, value: None) -> str | Usage:
         try:
@@ -575,6 +588,7 @@ class _Timed(AsyncGenerator[str | Usage, None]):
             await self._deltas.aclose()
         finally:
             self._end(GeneratorExit())
+            self.tell(None)
 
 
 async def _first_text(deltas: AsyncGenerator[str | Usage, None]) -> str:

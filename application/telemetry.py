@@ -21,20 +21,21 @@ StreamOutcome = Literal["done", "error", "stopped", "client_gone"]
 
 class ModelCall(NamedTuple):
     """One call to one model, its retries included, from the request to its end: a
-    stream's ends with its last text, and `first_token_seconds` is when its first came."""
+    stream's ends with its last text, and `first_token_seconds` is when its first came.
+    `usage`: what its reply cost, counted by the provider or estimated (`usage.source`);
+    None when it gave no reply to count."""
 
     model: str
     outcome: ModelOutcome
     seconds: float
     first_token_seconds: float | None = None
+    usage: Usage | None = None
 
 
 @runtime_checkable
 class Telemetry(Protocol):
-    def model_called(self, call: ModelCall) -> None: ...
-
-    def tokens_used(self, model: str, usage: Usage) -> None:
-        """What a reply cost, counted by the provider or estimated (`usage.source`)."""
+    def model_called(self, call: ModelCall) -> None:
+        """Told once per call, when its cost is known (a stream's: once its client has it)."""
         ...
 
     def fell_back(self, from_model: str, to_model: str, reason: FallbackReason) -> None: ...
@@ -64,9 +65,6 @@ class Unobserved:
     [metrics] enabled = false)."""
 
     def model_called(self, call: ModelCall) -> None:
-        return None
-
-    def tokens_used(self, model: str, usage: Usage) -> None:
         return None
 
     def fell_back(self, from_model: str, to_model: str, reason: FallbackReason) -> None:

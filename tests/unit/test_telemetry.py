@@ -37,8 +37,7 @@ async def test_a_reply_is_one_call_timed_on_the_routers_clock_with_its_cost() ->
 
     answer = await router(Slow("primary"), clock=clock, telemetry=seen).reply([], q())
 
-    assert seen.calls == [ModelCall("primary", "ok", 1.5, None)]
-    assert seen.tokens == [("primary", answer.usage)]
+    assert seen.calls == [ModelCall("primary", "ok", 1.5, None, answer.usage)]
     assert answer.usage is not None
     assert answer.usage.source == "provider"
     assert seen.fallbacks == []
@@ -67,7 +66,7 @@ async def test_a_failed_call_and_the_hand_over_name_the_failure(
         ("backup", "ok"),
     ]
     assert seen.fallbacks == [("primary", "backup", outcome)]
-    assert [model for model, _ in seen.tokens] == ["backup"]
+    assert [call.usage is not None for call in seen.calls][-2:] == [False, True]
 
 
 async def test_a_primary_cooling_down_is_a_hand_over_for_cooldown() -> None:
@@ -94,12 +93,14 @@ async def test_a_stream_is_one_call_ending_with_its_last_text_and_its_first_toke
     opened = await router(Paced("primary"), clock=clock, telemetry=seen).stream([], q())
     assert seen.calls == []  # still running
     rest = [item async for item in opened.rest]
+    clock.now += 5  # its client took a while: the call had ended
     usage = opened.cost(rest[-1] if isinstance(rest[-1], Usage) else None, "primary: hello ")
+    await opened.rest.aclose()
 
     [call] = seen.calls
     assert (call.model, call.outcome, call.first_token_seconds) == ("primary", "ok", 0.25)
     assert call.seconds == 0.75  # two texts and the usage, 0.25 s apart
-    assert seen.tokens == [("primary", usage)]
+    assert call.usage == usage
 
 
 async def test_a_stream_broken_off_or_closed_early_ends_its_call_so() -> None:
@@ -112,6 +113,7 @@ async def test_a_stream_broken_off_or_closed_early_ends_its_call_so() -> None:
     with pytest.raises(ModelUnavailable):
         async for _ in opened.rest:
             pass
+    await opened.rest.aclose()  # as every consumer does, however the stream ended
     opened = await models.stream([], q())
     await opened.rest.aclose()
 
