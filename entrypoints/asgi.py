@@ -38,6 +38,7 @@ from entrypoints.http.openai.errors import also_under_prefix
 from entrypoints.http.page import chat_page, page_assets
 from entrypoints.http.request_log import REQUEST_ID_HEADER, RequestLog
 from entrypoints.http.streams import StreamController
+from entrypoints.http.traces import traced_requests
 from entrypoints.logs import configure_logging
 
 log = logging.getLogger("chat")
@@ -74,6 +75,7 @@ async def _first_of_this_service(lock: JobLock) -> bool:
 def create_app(settings: Settings, container: Container | None = None) -> Litestar:
     """Tests pass a container whose providers they have overridden."""
     container = container or Container(settings=settings)
+    tracer = container.tracer_provider()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -104,6 +106,8 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
             await services.models.close()
             await close_resources(container)
             worker_stopped()
+            if tracer is not None:
+                tracer.shutdown()  # sends the spans not yet sent
 
     security: dict[str, Any] = {}
     if settings.auth.tokens:
@@ -136,7 +140,7 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         logging_config=None,
         middleware=[cancel_on_disconnect, *([http_metrics()] if metrics else [])],
         exception_handlers=also_under_prefix(EXCEPTION_HANDLERS),
-        plugins=[ClosedStructSchema()],
+        plugins=[ClosedStructSchema(), *([traced_requests(tracer)] if tracer else [])],
         request_max_body_size=MAX_BODY_BYTES,
         cors_config=(
             CORSConfig(allow_origins=list(settings.server.cors_origins), expose_headers=_EXPOSED)

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from dependency_injector import containers, providers
+from opentelemetry.sdk.trace import TracerProvider
 from redis.asyncio import Redis
 
 from adapters.cleanup_scheduler import CleanupScheduler
@@ -23,6 +24,7 @@ from adapters.memory_coordination import MemoryJobLock, MemoryRateLimiter
 from adapters.memory_history import MemoryHistory
 from adapters.memory_model_health import MemoryModelHealth
 from adapters.memory_reply_log import MemoryReplyLog
+from adapters.otel_tracing import TracedTelemetry, otlp_tracer_provider, trace_store_calls
 from adapters.prometheus_metrics import PrometheusMetrics
 from adapters.redis_client import StoreObserver, connect
 from adapters.redis_coordination import RedisJobLock, RedisRateLimiter
@@ -61,8 +63,10 @@ def _redis_url(redis: RedisSettings) -> Iterator[str]:
         server.release()
 
 
-async def _redis_client(url: str) -> AsyncIterator[Redis]:
+async def _redis_client(url: str, tracer: TracerProvider | None) -> AsyncIterator[Redis]:
     client = connect(url)
+    if tracer is not None:
+        trace_store_calls(client, tracer)
     try:
         yield client
     finally:
@@ -171,8 +175,16 @@ def _metrics(settings: Settings) -> PrometheusMetrics | None:
     return PrometheusMetrics([model.name for model in settings.models()])
 
 
-def _telemetry(metrics: PrometheusMetrics | None) -> Telemetry:
-    return metrics or UNOBSERVED
+def _tracer_provider(settings: Settings) -> TracerProvider | None:
+    tracing = settings.tracing
+    if not tracing.otlp_endpoint:
+        return None
+    return otlp_tracer_provider(tracing.otlp_endpoint, tracing.service_name)
+
+
+def _telemetry(metrics: PrometheusMetrics | None, tracer: TracerProvider | None) -> Telemetry:
+    told: Telemetry = metrics or UNOBSERVED
+    return told if tracer is None else TracedTelemetry(told, tracer)
 
 
 def _store_observer(metrics: PrometheusMetrics | None) -> StoreObserver | None:
@@ -190,10 +202,11 @@ class Container(containers.DeclarativeContainer):
     window = settings.provided.auth.rate_limit
 
     redis_url = providers.Resource(_redis_url, redis_settings)
-    redis_client = providers.Resource(_redis_client, redis_url)
+    tracer_provider = providers.Singleton(_tracer_provider, settings)
+    redis_client = providers.Resource(_redis_client, redis_url, tracer_provider)
     provider_transport = providers.Resource(_provider_transport)
     metrics = providers.Singleton(_metrics, settings)
-    telemetry = providers.Callable(_telemetry, metrics)
+    telemetry = providers.Singleton(_telemetry, metrics, tracer_provider)
     store_observer = providers.Callable(_store_observer, metrics)
 
     store_kind = providers.Callable(_store_kind, redis_settings)
