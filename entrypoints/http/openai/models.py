@@ -3,6 +3,7 @@ model by name."""
 
 from litestar import get
 from litestar.di import NamedDependency, Provide
+from litestar.params import FromPath
 
 from entrypoints.http.controllers import Caller, caller_of
 from entrypoints.http.openai.errors import OPENAI_ERRORS, OPENAI_MODEL_ERRORS
@@ -29,7 +30,7 @@ async def list_models(caller: NamedDependency[Caller]) -> ModelList:
     responses=OPENAI_MODEL_ERRORS,
     dependencies={"caller": Provide(caller_of, sync_to_thread=False)},
 )
-async def show_model(model: str, caller: NamedDependency[Caller]) -> Model:
+async def show_model(model: FromPath[str], caller: NamedDependency[Caller]) -> Model:
     if model != DEFAULT_MODEL:
         caller.services.models.route(model)  # or ModelNotFound
     return Model(id=model, created=0)
