@@ -2,16 +2,19 @@
 middleware writes it around plain ASGI apps and around the app itself (in-process)."""
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from adapters.request_context import REQUEST_ID
 from domain.answer import Usage
+from entrypoints.config import LogSettings
 from entrypoints.http.request_log import (
     RequestLog,
     note_failure,
@@ -20,7 +23,13 @@ from entrypoints.http.request_log import (
     outcome_of,
     request_id_of,
 )
-from entrypoints.logs import JsonFormatter, RequestIdFilter, TextFormatter
+from entrypoints.logs import (
+    OWN_LOGGERS,
+    JsonFormatter,
+    RequestIdFilter,
+    TextFormatter,
+    configure_logging,
+)
 from tests.unit.fakes import ScriptedModel
 from tests.unit.test_http_api import serve, settings
 
@@ -157,6 +166,48 @@ def test_json_outside_a_request_has_a_null_id_and_a_traceback_as_a_key() -> None
     assert entry["request_id"] is None
     assert entry["message"] == "failed"  # a field never overwrites the line's own keys
     assert entry["exception"].endswith("ValueError: boom")
+
+
+@contextlib.contextmanager
+def bare_root() -> Iterator[logging.Logger]:
+    """The root logger without pytest's handlers, as a fresh process has it; all put back."""
+    names = ["", *OWN_LOGGERS, "uvicorn.error", "httpx", "apscheduler"]
+    loggers = [logging.getLogger(name) for name in names]
+    kept = [(lg, lg.level, lg.propagate, lg.handlers[:]) for lg in loggers]
+    logging.getLogger().handlers.clear()
+    try:
+        yield logging.getLogger()
+    finally:
+        for logger, level, propagate, handlers in kept:
+            logger.setLevel(level)
+            logger.propagate = propagate
+            logger.handlers[:] = handlers
+
+
+def test_configure_logging_is_text_at_info_until_the_settings_say_otherwise() -> None:
+    with bare_root() as root:
+        uvicorn = logging.getLogger("uvicorn.error")
+        uvicorn.addHandler(logging.NullHandler())  # as uvicorn's own config leaves it
+        uvicorn.propagate = False
+
+        configure_logging()
+        [handler] = root.handlers
+        assert isinstance(handler.formatter, TextFormatter)
+        assert any(isinstance(f, RequestIdFilter) for f in handler.filters)
+        assert (uvicorn.handlers, uvicorn.propagate) == ([], True)  # its lines go through ours
+        assert logging.getLogger("chat").getEffectiveLevel() == logging.INFO
+
+        configure_logging(LogSettings(format="json", level="warning"))
+        assert root.handlers == [handler]  # the same one, not a second
+        assert isinstance(handler.formatter, JsonFormatter)
+        assert not logging.getLogger("chat.request").isEnabledFor(logging.INFO)
+        assert logging.getLogger("adapters.llm.http_call").isEnabledFor(logging.WARNING)
+
+        configure_logging(LogSettings(level="debug"))
+        assert isinstance(handler.formatter, TextFormatter)
+        assert logging.getLogger("application.model_routing").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("some.library").isEnabledFor(logging.DEBUG)
+        assert not logging.getLogger("httpx").isEnabledFor(logging.INFO)
 
 
 # --- the middleware around plain ASGI apps ------------------------------------------------
