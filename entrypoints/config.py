@@ -664,8 +664,23 @@ def describe(settings: Settings, store: str) -> str:
         f"config={settings.source} provider={settings.llm.provider} "
         f"model={settings.llm.model or '-'} fallbacks={fallbacks or 'none'} "
         f"store={store} auth={auth} "
-        f"rate_limit={settings.auth.rate_limit or 'off'} cleanup={describe_cleanup(settings)}"
+        f"rate_limit={settings.auth.rate_limit or 'off'} cleanup={describe_cleanup(settings)} "
+        f"metrics={_describe_metrics(settings.metrics)} traces={_describe_traces(settings.tracing)}"
     )
+
+
+def _describe_metrics(metrics: MetricsSettings) -> str:
+    if not metrics.enabled:
+        return "off"
+    return "/metrics" + (" (token)" if metrics.token else "")
+
+
+def _describe_traces(tracing: TracingSettings) -> str:
+    """The collector's address only: a URL may carry credentials."""
+    if not tracing.otlp_endpoint:
+        return "off"
+    parts = urlsplit(tracing.otlp_endpoint)
+    return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
 
 def describe_cleanup(settings: Settings) -> str:

@@ -107,6 +107,12 @@ def test_the_startup_line_says_what_cleanup_deletes_and_names_the_file(tmp_path:
     everything = describe(load_settings(path, {"CHAT_CLEANUP_SCOPE": "all"}), "-")
     assert "deletes EVERY chat history, in use or not" in everything
     assert "cleanup=off" in describe(load_settings(path, {"CHAT_CLEANUP_ENABLED": "no"}), "-")
+    assert "metrics=/metrics traces=off" in line
+    operated = {"CHAT_METRICS_TOKEN": "s3cret", "CHAT_TRACING_OTLP_ENDPOINT": "http://u:pw@c:4318/"}
+    said = describe(load_settings(path, operated), "-")
+    assert "metrics=/metrics (token) traces=http://c:4318" in said
+    assert "s3cret" not in said
+    assert "pw" not in said
 
 
 def test_without_a_file_the_defaults_apply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
