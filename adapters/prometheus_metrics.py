@@ -126,6 +126,13 @@ class PrometheusMetrics:
 
     def __init__(self, models: Sequence[str] = ()) -> None:
         self._families = f = _families()
+        # A labelled series looked up once: prometheus_client's labels() costs more than
+        # the inc() it precedes.
+        self._calls = functools.cache(f.model_requests.labels)
+        self._call_seconds = functools.cache(f.model_seconds.labels)
+        self._first_token = functools.cache(f.first_token_seconds.labels)
+        self._tokens = functools.cache(f.model_tokens.labels)
+        self._store_seconds = functools.cache(f.store_seconds.labels)
         for model in models:
             for outcome in get_args(ModelOutcome):
                 f.model_requests.labels(model, outcome)
@@ -134,14 +141,13 @@ class PrometheusMetrics:
             f.stream_outcomes.labels(ending)
 
     def model_called(self, call: ModelCall) -> None:
-        f = self._families
-        f.model_requests.labels(call.model, call.outcome).inc()
-        f.model_seconds.labels(call.model).observe(call.seconds)
+        self._calls(call.model, call.outcome).inc()
+        self._call_seconds(call.model).observe(call.seconds)
         if call.first_token_seconds is not None:
-            f.first_token_seconds.labels(call.model).observe(call.first_token_seconds)
+            self._first_token(call.model).observe(call.first_token_seconds)
         if (usage := call.usage) is not None:
-            f.model_tokens.labels(call.model, "input", usage.source).inc(usage.input_tokens)
-            f.model_tokens.labels(call.model, "output", usage.source).inc(usage.output_tokens)
+            self._tokens(call.model, "input", usage.source).inc(usage.input_tokens)
+            self._tokens(call.model, "output", usage.source).inc(usage.output_tokens)
 
     def fell_back(self, from_model: str, to_model: str, reason: FallbackReason) -> None:
         self._families.fallbacks.labels(from_model, to_model, reason).inc()
@@ -157,7 +163,7 @@ class PrometheusMetrics:
         self._families.replays.inc()
 
     def store_call(self, operation: str, seconds: float, failed: bool) -> None:
-        self._families.store_seconds.labels(operation).observe(seconds)
+        self._store_seconds(operation).observe(seconds)
         if failed:
             self._families.store_errors.labels(operation).inc()
 
