@@ -30,7 +30,6 @@ REQUEST_ID_HEADER = "X-Request-ID"
 _HEADER = REQUEST_ID_HEADER.lower().encode()
 # A client's id is kept when sane: 1 to 128 of these characters. Nothing else is echoed or
 # logged: no spaces or control characters (a forged log line, a split header), no quotes.
-REQUEST_ID_RULE = "1-128 characters of A-Z a-z 0-9 - _ . :"
 _SANE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 # What the line says of a failure, by the status the client was told (for a stream, the
