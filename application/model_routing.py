@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import math
@@ -495,7 +496,10 @@ class ModelRouter:
         if age < self._refresh_seconds:
             return
         if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.create_task(self._refresh_quietly())
+            # For every request: not in the context of the one that happened to start it.
+            self._refreshing = asyncio.create_task(
+                self._refresh_quietly(), context=contextvars.Context()
+            )
         if STALE_SECONDS <= age < math.inf:
             await asyncio.shield(self._refreshing)
 

@@ -1,5 +1,6 @@
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 from dataclasses import dataclass, field
@@ -51,7 +52,9 @@ class ReplyPublisher:
         state = self._replies[run] = _Published(run)
         self.hurry()
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush_forever())
+            # Serves every reply of the process: not in the context of the request that
+            # happened to start it (its request id in log lines, its trace).
+            self._task = asyncio.create_task(self._flush_forever(), context=contextvars.Context())
         try:
             await asyncio.shield(state.done)
         finally:

@@ -5,6 +5,7 @@ prompt over their window with the counts a provider states, and report their usa
 """
 
 import asyncio
+import contextvars
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -491,3 +492,23 @@ def test_names_lists_the_configured_models_in_order() -> None:
     assert models.names == ["primary", "backup", "last"]
     models.names.append("mutated")
     assert models.names == ["primary", "backup", "last"]
+
+
+async def test_the_shared_refresh_runs_outside_the_request_that_started_it() -> None:
+    """Its log lines and its store calls are no one request's (request id, trace)."""
+    served: contextvars.ContextVar[str] = contextvars.ContextVar("served", default="none")
+    seen = []
+
+    class Watched(MemoryModelHealth):
+        async def statuses(self, *args: Any, **kwargs: Any) -> Any:
+            seen.append(served.get())
+            return await super().statuses(*args, **kwargs)
+
+    clock = Clock()
+    health = Watched(cooldown_seconds=COOLDOWN, cooldown_failures=3, clock=clock)
+    routes = [ModelRoute(m.name, m) for m in (Model("primary"), Model("backup"))]
+    models = ModelRouter(routes, health, clock=clock)
+    served.set("request-1")
+    await models.reply([], q())
+    await asyncio.sleep(0)
+    assert seen == ["none"]
