@@ -20,6 +20,7 @@ from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPScope, Message, Receive, Scope, Send
 
 from adapters.request_context import REQUEST_ID
+from application.stream_message import CLIENT_GONE_STATUS  # when no status was ever sent
 from domain.answer import Usage
 from domain.errors import InvalidSessionId
 from domain.session import parse_session_id
@@ -48,7 +49,6 @@ FAILURES = {
     503: "store_unavailable",
     504: "provider_timeout",
 }
-CLIENT_GONE_STATUS = 499  # nginx's "client closed request": no status was ever sent
 
 
 def request_id_of(sent: bytes | None) -> str:
