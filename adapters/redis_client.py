@@ -1,16 +1,20 @@
-"""One pooled redis.asyncio client per process, and the bound every call to it runs within."""
+"""One pooled redis.asyncio client per process (one Redis, or the primary a Sentinel set
+names), and the bound every call to it runs within."""
 
 import asyncio
 import time
 from collections.abc import Callable, Iterable
 from types import TracebackType
+from typing import Any, NamedTuple
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, RedisError
 
+from adapters.redis_address import parse_redis_url
 from application.errors import HistoryUnavailable
 
 TIMEOUT_SECONDS = 2.0
@@ -98,7 +102,41 @@ class _ResetAware(AbstractConnection):
             raise ConnectionError("the connection was closed by the peer") from error
 
 
-def connect(url: str, *, retries: int = 2, max_connections: int = 1000) -> Redis:
+class TlsFiles(NamedTuple):
+    """For a TLS url: the CA that signed the servers' certificates (empty: the system's), and
+    a client certificate and key for servers that ask for one."""
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "ssl_ca_certs": self.ca or None,
+            "ssl_certfile": self.cert or None,
+            "ssl_keyfile": self.key or None,
+            "ssl_cert_reqs": "required",
+        }
+
+
+class _SentinelPrimary(Redis):
+    """The primary a Sentinel set names (found again after a failover, by redis-py's
+    SentinelConnectionPool); closing it closes the clients of the sentinels too."""
+
+    sentinels: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        await super().aclose(close_connection_pool)
+        if self.sentinels is not None:
+            await self.sentinels.aclose()
+
+
+NO_TLS_FILES = TlsFiles()
+
+
+def connect(
+    url: str, *, retries: int = 2, max_connections: int = 1000, tls: TlsFiles = NO_TLS_FILES
+) -> Redis:
     """A client over one connection pool.
 
     Connection errors are retried with jittered backoff, so a restarted Redis is picked up
@@ -108,17 +146,39 @@ def connect(url: str, *, retries: int = 2, max_connections: int = 1000) -> Redis
     concurrent command under load); redis-py's blocking pool would wait at the cap instead,
     but its locking and bookkeeping cost measurable CPU on every command (docs/benchmark).
     """
-    pool = ConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        socket_connect_timeout=TIMEOUT_SECONDS,
-        retry=Retry(
+    address = parse_redis_url(url)
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "socket_connect_timeout": TIMEOUT_SECONDS,
+        "retry": Retry(
             ExponentialWithJitterBackoff(base=0.05, cap=0.5),
             retries,
             supported_errors=(ConnectionError,),
         ),
-        health_check_interval=30,
-    )
-    base = pool.connection_class  # TCP, TLS or unix socket, as the URL says
+        "health_check_interval": 30,
+    }
+    tls_options = tls.options() if address.tls else {}
+    if address.kind == "sentinel":
+        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            address.nodes,
+            sentinel_kwargs={"socket_connect_timeout": TIMEOUT_SECONDS}
+            | ({"ssl": True} | tls_options if address.tls else {}),
+        )
+        primary: _SentinelPrimary = sentinels.master_for(  # untyped in redis-py
+            address.service_name,
+            redis_class=_SentinelPrimary,
+            db=address.db,
+            username=address.username,
+            password=address.password,
+            ssl=address.tls,
+            **tls_options,
+            **options,
+        )
+        primary.sentinels = sentinels
+        client: Redis = primary
+    else:
+        client = Redis.from_pool(ConnectionPool.from_url(url, **tls_options, **options))
+    pool = client.connection_pool  # the client owns the pool: aclose() closes it
+    base = pool.connection_class  # TCP, TLS, unix socket or sentinel-managed, as the URL says
     pool.connection_class = type(f"ResetAware{base.__name__}", (_ResetAware, base), {})
-    return Redis.from_pool(pool)  # the client owns the pool: aclose() closes it
+    return client

@@ -27,6 +27,7 @@ import msgspec
 from msgspec import Meta
 
 from adapters.llm.token_limit import TokenLimitParameter
+from adapters.redis_address import REDIS_SCHEMES, SPELLINGS, parse_redis_url
 from application.purge_histories import CleanupScope
 from application.stream_message import OnDisconnect
 
@@ -82,21 +83,14 @@ def _http_url(text: str) -> str:
 def _redis_url(url: str) -> str:
     if not url or url == MEMORY_URL:
         return url
-    parts = urlsplit(url)
-    if parts.scheme in {"redis", "rediss"}:
-        try:
-            parts.port  # noqa: B018  (raises on a non-numeric port)
-        except ValueError:
-            raise ValueError("is not a valid Redis URL (bad port)") from None
-        if not parts.hostname:
-            raise ValueError("is not a valid Redis URL (no host)")
-    elif parts.scheme == "unix":
-        if not parts.path:
-            raise ValueError("is not a valid Redis URL (unix:// needs a socket path)")
-    else:
+    if url.partition("://")[0] not in REDIS_SCHEMES:
         raise ValueError(
-            "is not a valid Redis URL (use redis://, rediss://, unix://, memory:// or leave "
-            "it empty for the embedded server)"
+            f"is not a valid Redis URL (use {SPELLINGS}, memory://, or leave it empty for the "
+            "embedded server)"
+        )
+    if parse_redis_url(url).kind == "cluster":
+        raise ValueError(
+            "is a Redis Cluster's: this version serves one Redis, or the primary of a Sentinel set"
         )
     return url
 
@@ -186,6 +180,23 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     data_dir: str = _DEFAULT_DATA_DIR  # relative: to the config file's folder
     key_prefix: Annotated[str, Parse(_key_prefix)] = "chat"
     session_ttl_seconds: Annotated[int, Meta(ge=0)] = 86400
+    # A TLS url's CA (empty: the system's), and the client's certificate and key for a server
+    # that asks for one. Relative: to the config file's folder.
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+
+    def __post_init__(self) -> None:
+        files = {"tls_ca_file": self.tls_ca_file, "tls_cert_file": self.tls_cert_file}
+        files["tls_key_file"] = self.tls_key_file
+        for key, file in files.items():
+            if file and not self.url.startswith("rediss"):
+                raise _Invalid(key, "set, but [redis] url is not a TLS one (rediss://...)")
+            if file and not Path(file).is_file():
+                raise _Invalid(key, f"{file}: no such file")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
+            raise _Invalid(missing, "tls_cert_file and tls_key_file go together")
 
 
 class HistorySettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -294,6 +305,7 @@ class Settings(msgspec.Struct, frozen=True):
 # --- reading text into the schema ---
 
 _INTERNAL_KEYS = {"exact_url"}  # not settable by a file or variable
+_PATH_KEYS = ("data_dir", "tls_ca_file", "tls_cert_file", "tls_key_file")  # of [redis]
 
 
 class _Key(msgspec.Struct, frozen=True):
@@ -520,8 +532,8 @@ def load_settings(
 ) -> Settings:
     """Read settings; the file is `path`, else $CHAT_CONFIG, else ./config.ini if present.
 
-    A relative data_dir is taken from the config file's folder (a variable's, from the
-    working directory), so the service keeps its data in one place wherever it is started.
+    A relative data_dir (or TLS file) is taken from the config file's folder (a variable's,
+    from the working directory), so the service finds its files wherever it is started.
     """
     environ = os.environ if environ is None else environ
     explicit = path if path is not None else environ.get(CONFIG_ENV)
@@ -534,10 +546,12 @@ def load_settings(
     origins = _Origins(raw, headers, str(config_path or NO_CONFIG_FILE))
 
     sections = {name: _section_values(name, raw) for name in _SCHEMA}
-    data_dir = Path(sections["redis"].get("data_dir") or _DEFAULT_DATA_DIR)
-    from_variable = raw.get(("redis", "data_dir"), ("", ""))[1].startswith("environment")
-    base = config_path.parent if config_path and not from_variable else Path()
-    sections["redis"]["data_dir"] = str((base / data_dir).resolve())
+    sections["redis"]["data_dir"] = sections["redis"].get("data_dir") or _DEFAULT_DATA_DIR
+    for key in _PATH_KEYS:
+        if given := sections["redis"].get(key):
+            from_variable = raw.get(("redis", key), ("", ""))[1].startswith("environment")
+            base = config_path.parent if config_path and not from_variable else Path()
+            sections["redis"][key] = str((base / given).resolve())
 
     settings = _convert(sections, Settings, origins)
     fallbacks = _fallback_models(settings.llm.fallbacks, environ, origins)
@@ -644,15 +658,8 @@ def _problem(message: str, value: Any, key: _Key | None) -> str:
 
 
 def redis_location(url: str) -> str:
-    """Where a Redis URL points, for logs and /ready: host and port or socket, no password."""
-    parts = urlsplit(url)
-    if parts.scheme == "unix":
-        return f"redis at unix:{parts.path}"
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        port = 6379
-    return f"redis at {parts.hostname}:{port}"
+    """Where a Redis URL points, for logs and /ready: its nodes or socket, no password."""
+    return parse_redis_url(url).location()
 
 
 def describe(settings: Settings, store: str) -> str:

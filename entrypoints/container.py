@@ -26,7 +26,7 @@ from adapters.memory_model_health import MemoryModelHealth
 from adapters.memory_reply_log import MemoryReplyLog
 from adapters.otel_tracing import TracedTelemetry, otlp_tracer_provider, trace_store_calls
 from adapters.prometheus_metrics import PrometheusMetrics
-from adapters.redis_client import StoreObserver, connect
+from adapters.redis_client import StoreObserver, TlsFiles, connect
 from adapters.redis_coordination import RedisJobLock, RedisRateLimiter
 from adapters.redis_history import RedisHistory
 from adapters.redis_model_health import RedisModelHealth
@@ -63,8 +63,10 @@ def _redis_url(redis: RedisSettings) -> Iterator[str]:
         server.release()
 
 
-async def _redis_client(url: str, tracer: TracerProvider | None) -> AsyncIterator[Redis]:
-    client = connect(url)
+async def _redis_client(
+    url: str, tracer: TracerProvider | None, redis: RedisSettings
+) -> AsyncIterator[Redis]:
+    client = connect(url, tls=TlsFiles(redis.tls_ca_file, redis.tls_cert_file, redis.tls_key_file))
     if tracer is not None:
         trace_store_calls(client, tracer)
     try:
@@ -203,7 +205,7 @@ class Container(containers.DeclarativeContainer):
 
     redis_url = providers.Resource(_redis_url, redis_settings)
     tracer_provider = providers.Singleton(_tracer_provider, settings)
-    redis_client = providers.Resource(_redis_client, redis_url, tracer_provider)
+    redis_client = providers.Resource(_redis_client, redis_url, tracer_provider, redis_settings)
     provider_transport = providers.Resource(_provider_transport)
     metrics = providers.Singleton(_metrics, settings)
     telemetry = providers.Singleton(_telemetry, metrics, tracer_provider)

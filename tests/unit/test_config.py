@@ -14,6 +14,7 @@ from entrypoints.config import (
     Settings,
     describe,
     load_settings,
+    redis_location,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,6 +183,13 @@ def test_the_seeds_flat_config_keeps_working(tmp_path: Path) -> None:
         ("[llm]\napi_url = ftp://x\n", "[llm] api_url: must be an http:// or https:// URL"),
         ("[redis]\nurl = http://localhost\n", "[redis] url: is not a valid Redis URL"),
         ("[redis]\nurl = redis://localhost:port/0\n", "[redis] url: is not a valid Redis URL"),
+        ("[redis]\nurl = redis+sentinel://h:26379\n", "[redis] url: needs the service name"),
+        ("[redis]\nurl = redis+cluster://h:7000/3\n", "[redis] url: a Redis Cluster has only db 0"),
+        ("[redis]\nurl = redis+cluster://h:7000\n", "[redis] url: is a Redis Cluster's: this"),
+        ("[redis]\nurl = redis://a:1,b:2\n", "[redis] url: names several hosts: use redis+"),
+        ("[redis]\nurl = redis+cluster://a:1,b:x\n", "[redis] url: is not a valid Redis URL (bad"),
+        ("[redis]\ntls_ca_file = ca.pem\n", "[redis] tls_ca_file: set, but [redis] url is not"),
+        ("[redis]\nurl = rediss://h\ntls_ca_file = no.pem\n", "[redis] tls_ca_file: /"),
         ("[auth]\nrate_limit = lots\n", "[auth] rate_limit: 'lots' is not a rate like 60/minute"),
         ("[cleanup]\nenabled = maybe\n", "[cleanup] enabled: 'maybe' is not a boolean"),
         ("[llm]\ntemprature = 1\n", "[llm] temprature: unknown key"),
@@ -200,6 +208,37 @@ def test_a_mistake_names_file_section_key_and_problem(
     assert message.startswith(str(path))
     assert expected in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "location"),
+    [
+        ("redis://:pw@cache:6380/0", "redis at cache:6380"),
+        ("rediss://user:pw@cache/1", "redis at cache:6379"),
+        (
+            "redis+sentinel://user:pw@s1:26379,s2:26380/chat-primary/2",
+            "redis sentinel chat-primary via s1:26379,s2:26380",
+        ),
+        ("unix:///run/redis.sock", "redis at unix:/run/redis.sock"),
+    ],
+)
+def test_every_redis_topology_is_read_and_told_without_its_password(
+    tmp_path: Path, url: str, location: str
+) -> None:
+    settings = load_settings(write(tmp_path, f"[redis]\nurl = {url}\n"), {})
+    assert settings.redis.url == url
+    assert redis_location(url) == location
+
+
+def test_tls_files_are_taken_from_the_config_files_folder_and_go_in_pairs(tmp_path: Path) -> None:
+    for name in ("ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("-")
+    keys = "tls_ca_file = ca.pem\ntls_cert_file = client.pem\ntls_key_file = client.key\n"
+    settings = load_settings(write(tmp_path, f"[redis]\nurl = rediss://h\n{keys}"), {})
+    assert settings.redis.tls_ca_file == str(tmp_path / "ca.pem")
+    assert settings.redis.tls_key_file == str(tmp_path / "client.key")
+    half = write(tmp_path, "[redis]\nurl = rediss://h\ntls_cert_file = client.pem\n")
+    assert "[redis] tls_key_file: tls_cert_file and tls_key_file go together" in error_for(half)
 
 
 def test_a_mistake_in_the_environment_names_the_variable(tmp_path: Path) -> None:
