@@ -8,8 +8,10 @@ from typing import cast
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 from adapters.redis_client import StoreCalls, StoreObserver
+from application.errors import HistoryUnavailable
 from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, Reply
 from domain.message import Message, Role
 from domain.session import SessionInfo, SessionKey
@@ -18,6 +20,8 @@ log = logging.getLogger(__name__)
 
 _UNAVAILABLE = "the history store is unavailable"
 PURGE_TIMEOUT_SECONDS = 300.0  # a whole purge, however many batches it takes
+# How long an exchange's write waits for [redis] min_replicas_ack replicas: within StoreCall's.
+REPLICAS_WAIT_MS = 1000
 
 # One atomic step per exchange. A script rather than MULTI/EXEC so that a retried write
 # (the connection died after Redis ran it but before the reply arrived) is recognised by
@@ -140,8 +144,10 @@ class RedisHistory:
         max_messages: int,
         ttl_seconds: int,
         observe: StoreObserver | None = None,
+        min_replicas_ack: int = 0,
     ) -> None:
         self._client = client
+        self._min_replicas = min_replicas_ack
         self._call = StoreCalls(_UNAVAILABLE, observe)
         self._ping = StoreCalls("redis did not answer", observe)
         self._key_prefix = key_prefix
@@ -194,8 +200,34 @@ class RedisHistory:
             keys.append(self._receipt_key(receipt))
             args += [_stored_receipt(receipt), RECEIPT_TTL_SECONDS]
         async with self._call("history.append"):
-            result = await self._append(keys=keys, args=args)
+            if self._min_replicas:
+                result = await self._append_replicated(keys, args)
+            else:
+                result = await self._append(keys=keys, args=args)
         return _decode_receipt(result[1:]).reply if isinstance(result, bytes) else None
+
+    async def _append_replicated(self, keys: list[str], args: list[bytes | int]) -> object:
+        """The append and a WAIT for min_replicas_ack replicas, in one round trip on one
+        connection (WAIT waits for that connection's writes). Fewer acknowledgements: the
+        write may be lost by a failover, so it is not acknowledged either. EVALSHA itself,
+        not redis-py's Script in a pipeline, which asks SCRIPT EXISTS first (a round trip)."""
+        for _ in range(2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+                pipe.execute_command("WAIT", self._min_replicas, REPLICAS_WAIT_MS)
+                result, acknowledged = await pipe.execute(raise_on_error=False)
+            if not isinstance(result, NoScriptError):
+                break
+            await self._client.script_load(_APPEND_EXCHANGE)
+        for answer in (result, acknowledged):
+            if isinstance(answer, Exception):
+                raise answer
+        if acknowledged < self._min_replicas:
+            raise HistoryUnavailable(
+                f"the exchange reached {acknowledged} of the {self._min_replicas} replicas "
+                "[redis] min_replicas_ack asks for; it may not outlive a failover"
+            )
+        return result
 
     async def claim(self, pending: Receipt, ttl_seconds: float) -> Receipt | None:
         args: list[bytes | int] = [_stored_receipt(pending), _milliseconds(ttl_seconds)]

@@ -185,6 +185,8 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls_ca_file: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # > 0: an exchange is acknowledged once this many replicas have it (Redis WAIT)
+    min_replicas_ack: Annotated[int, Meta(ge=0, le=16)] = 0
 
     def __post_init__(self) -> None:
         files = {"tls_ca_file": self.tls_ca_file, "tls_cert_file": self.tls_cert_file}

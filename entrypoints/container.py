@@ -227,6 +227,7 @@ class Container(containers.DeclarativeContainer):
             max_messages=settings.provided.history.max_messages,
             ttl_seconds=redis_settings.session_ttl_seconds,
             observe=store_observer,
+            min_replicas_ack=redis_settings.min_replicas_ack,
         ),
     )
     reply_log = providers.Selector(
