@@ -403,6 +403,7 @@ def _timed(service: Service, http: httpx.Client, session_id: str, message: str) 
     return Answered(now, now - started, reply["model"])
 
 
+@pytest.mark.slow  # two services, and a cooldown waited out
 def test_a_dead_primary_cools_down_for_every_process_and_comes_back_after_one_probe(
     launch: ServiceLauncher, module_redis: RedisServer, stubs: Stubs, sid: str
 ) -> None:

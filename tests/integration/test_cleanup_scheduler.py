@@ -4,6 +4,7 @@ import asyncio
 import time
 from datetime import UTC, datetime
 
+import pytest
 from redis.asyncio import Redis
 
 from adapters.cleanup_scheduler import CleanupScheduler
@@ -26,6 +27,7 @@ def scheduler_over(client: Redis, interval: int = 1) -> CleanupScheduler:
     return CleanupScheduler(purge, interval_seconds=interval)
 
 
+@pytest.mark.slow  # seconds of whole-second runs, like tests/e2e/test_cleanup.py
 async def test_two_processes_purge_once_per_interval_in_total(
     two_clients: tuple[Redis, Redis],
 ) -> None:
