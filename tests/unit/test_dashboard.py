@@ -23,8 +23,12 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # The sample names a family of each type exports (no `_created`: the service disables them).
 _SUFFIXES = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_sum", "_count")}
 
-# chat_ families exported but shown by no panel, each with the reason. None so far.
-NOT_ON_THE_DASHBOARD: dict[str, str] = {}
+# chat_ families exported but shown by no panel, each with the reason.
+NOT_ON_THE_DASHBOARD: dict[str, str] = {
+    # Litestar's plugin makes it at the first 5xx only (so a scrape may lack it); the 5xx
+    # ratio panel reads chat_requests_total by status_code, which always exists.
+    "chat_requests_error": "the 5xx among chat_requests_total",
+}
 
 # What is not a metric name in PromQL: strings (label values, `$model`), label matchers,
 # range selectors (`[$__rate_interval]`), grouping label lists, and function calls.
@@ -159,7 +163,7 @@ def test_every_family_the_service_exports_has_a_panel(
 ) -> None:
     shown = set().union(*(metric_names(expr) for exprs in queries.values() for expr in exprs))
     missing = {name for name, series in exported.items() if not series & shown}
-    assert missing == set(NOT_ON_THE_DASHBOARD), sorted(missing)
+    assert missing <= set(NOT_ON_THE_DASHBOARD), sorted(missing)
 
 
 def test_metric_names_reads_promql_as_grafana_sends_it() -> None:
