@@ -210,7 +210,11 @@ class Service:
         return (self.workdir / redis.get("data_dir", "./data")).resolve()
 
     def start(self) -> "Service":
-        """Launch and wait for /health; a port lost to another process is retried on a new one."""
+        """Launch and wait for /health; a port lost to another process is retried on a new one.
+        Started already (launch() and module_launch() return started services), it is left as it
+        is: a second process would outlive kill(), which knows only the last."""
+        if self.process is not None and self.process.poll() is None:
+            return self
         for _ in range(3):
             self.port = free_port()
             self._launch()
