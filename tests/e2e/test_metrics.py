@@ -75,7 +75,7 @@ def service(
             "llm.backup": model | {"api_url": f"{backup.url}/v1", "max_retries": "0"},
         },
         workers=2,
-    ).start()
+    )
 
 
 def samples(text: str) -> Samples:

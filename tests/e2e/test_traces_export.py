@@ -64,7 +64,7 @@ def test_spans_reach_the_collector_named_for_the_service(
             "redis": {"url": "", "data_dir": str(tmp_path / "data")},
             "tracing": {"otlp_endpoint": collector.url, "service_name": "chat-under-test"},
         }
-    ).start()
+    )
     with service.client() as client:
         service.expect(
             client.post("/chat/", json=chat("", "hello"), headers={"X-Request-ID": "otlp-1"}), 200
