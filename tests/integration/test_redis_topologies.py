@@ -13,8 +13,13 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, NoPermissionError, ResponseError
 
-from tests.support.redis_cluster import RedisCluster, fresh_redis_cluster, redis_cluster
-from tests.support.redis_sentinel import RedisSentinel, fresh_redis_sentinel
+from tests.support.redis_cluster import (
+    RedisCluster,
+    fresh_redis_cluster,
+    redis_cluster,
+    tls_redis_cluster,
+)
+from tests.support.redis_sentinel import RedisSentinel, fresh_redis_sentinel, tls_redis_sentinel
 from tests.support.redis_tls import RedisTLSServer, redis_tls, tls_certificates
 
 # The fixtures, until tests/conftest.py lists these modules in pytest_plugins.
@@ -24,6 +29,8 @@ __all__ = [
     "redis_cluster",
     "redis_tls",
     "tls_certificates",
+    "tls_redis_cluster",
+    "tls_redis_sentinel",
 ]
 
 pytestmark = pytest.mark.integration
@@ -183,3 +190,32 @@ async def test_the_acl_user_runs_the_service_commands_and_nothing_else(
             await client.eval("return redis.call('FLUSHDB')", 0)  # nor from a script
     finally:
         await client.aclose()
+
+
+async def test_the_cluster_and_the_sentinels_speak_tls_when_asked(
+    tls_redis_cluster: RedisCluster, tls_redis_sentinel: RedisSentinel
+) -> None:
+    assert tls_redis_cluster.url.startswith("rediss+cluster://")
+    client = _cluster_client(tls_redis_cluster)
+    try:
+        for i in range(30):
+            await client.set(f"tls:{i}", i)
+    finally:
+        await client.aclose()
+    assert len([n for n in tls_redis_cluster.primaries() if n.call("DBSIZE")]) == 3
+
+    setup = tls_redis_sentinel
+    assert setup.url.startswith("rediss+sentinel://")
+    options = setup.client_options
+    sentinel = Sentinel(setup.sentinel_addresses, sentinel_kwargs=options, **options)
+    primary = sentinel.master_for(setup.service_name)
+    try:
+        assert await primary.set("over", "tls")
+        assert await sentinel.discover_master(setup.service_name) == (
+            "127.0.0.1",
+            setup.primary.port,
+        )
+    finally:
+        await primary.aclose()
+        for client in sentinel.sentinels:
+            await client.aclose()

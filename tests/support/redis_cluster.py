@@ -306,3 +306,13 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 def fresh_redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
     """A cluster of its own for one test: it may kill and restart nodes."""
     yield from _fixture_cluster(tmp_path / "redis-cluster")
+
+
+@pytest.fixture(scope="module")
+def tls_redis_cluster(
+    tls_certificates: Certificates, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisCluster]:
+    """A cluster that speaks TLS only (clients, bus, replication), one per test module."""
+    directory = tmp_path_factory.mktemp("redis-cluster-tls")
+    with RedisCluster(directory, certificates=tls_certificates) as cluster:
+        yield cluster

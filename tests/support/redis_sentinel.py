@@ -245,3 +245,13 @@ def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSe
 def fresh_redis_sentinel(tmp_path: Path) -> Iterator[RedisSentinel]:
     """A sentinel set of its own for one test: it may kill the primary."""
     yield from _fixture_sentinel(tmp_path / "redis-sentinel")
+
+
+@pytest.fixture(scope="module")
+def tls_redis_sentinel(
+    tls_certificates: Certificates, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisSentinel]:
+    """A sentinel set that speaks TLS only (clients, sentinels, replication)."""
+    directory = tmp_path_factory.mktemp("redis-sentinel-tls")
+    with RedisSentinel(directory, certificates=tls_certificates) as sentinel:
+        yield sentinel
