@@ -1,7 +1,7 @@
 """A real browser for the page tests: Debian's Chromium driven by Playwright's sync API.
 
 Playwright's own browser download cannot reach the network here, so it launches the `chromium`
-that `scripts/install-browser` puts on PATH (through `executable_path`). The service is the one
+that `scripts/install-test-tools` puts on PATH (through `executable_path`). The service is the one
 tests/e2e starts (`python -m entrypoints.cli serve` on a free port), on the echo model.
 
 Fixtures:
@@ -66,7 +66,7 @@ def chromium_path() -> str | None:
 def browser() -> Iterator[Browser]:
     path = chromium_path()
     if path is None:
-        pytest.fail("chromium is not on PATH: scripts/install-browser installs Debian's")
+        pytest.fail("chromium is not on PATH: scripts/install-test-tools installs Debian's")
     # One Chromium for tests/browser, stopped when the package is done: while Playwright's sync
     # API is started its event loop counts as running in this thread, and pytest-asyncio's
     # tests in later folders fail with "cannot be called from a running event loop".
