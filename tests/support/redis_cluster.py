@@ -17,7 +17,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
@@ -25,8 +24,8 @@ import pytest
 from tests.support.redis_process import (
     RedisProcess,
     RedisProcessError,
+    Throwaway,
     kill_all,
-    remove_directory,
     start_all,
     wait_until,
 )
@@ -62,7 +61,7 @@ class ClusterNode(RedisProcess):
         return {int(r[0]): [int(node[1]) for node in r[2:]] for r in ranges}
 
 
-class RedisCluster:
+class RedisCluster(Throwaway):
     """Six redis-servers in a cluster, for one test (or one module, or a `with` block).
 
     `nodes` are ClusterNodes: the first three start as primaries, node i + 3 replicates
@@ -80,7 +79,7 @@ class RedisCluster:
         node_timeout_ms: int = NODE_TIMEOUT_MS,
         primaries: int = 3,
     ) -> None:
-        self._own_dir = directory is None
+        self.own_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="redis-cluster-"))
         self.certificates = certificates
         self._node_timeout_ms = node_timeout_ms
@@ -250,23 +249,6 @@ class RedisCluster:
 
     def stop(self) -> None:
         kill_all(self.nodes)
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            remove_directory(self.directory)
-
-    def __enter__(self) -> "RedisCluster":
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"RedisCluster({self.url})"

@@ -18,7 +18,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import redis
 from redis.exceptions import RedisError
@@ -239,6 +240,37 @@ def kill_all(processes: Iterable[RedisProcess]) -> None:
 
 def remove_directory(directory: Path) -> None:
     shutil.rmtree(directory, ignore_errors=True)
+
+
+class Throwaway:
+    """Servers for a `with` block (or a fixture): started on entry; on exit killed, and their
+    directory removed when the harness made it (`own_directory`)."""
+
+    directory: Path
+    own_directory: bool
+
+    def start(self) -> object:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop()
+        if self.own_directory:
+            remove_directory(self.directory)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def wait_until(

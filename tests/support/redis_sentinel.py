@@ -13,7 +13,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import pytest
@@ -21,8 +20,8 @@ import pytest
 from tests.support.redis_process import (
     RedisProcess,
     RedisProcessError,
+    Throwaway,
     kill_all,
-    remove_directory,
     start_all,
     wait_until,
 )
@@ -35,7 +34,7 @@ FORM_TIMEOUT = 20.0
 FAILOVER_TIMEOUT = 20.0
 
 
-class RedisSentinel:
+class RedisSentinel(Throwaway):
     """The set for one test (or one module, or a `with` block).
 
     `primary` and `replica` are RedisProcesses (`port`, `pid`, `running`) in their roles
@@ -53,7 +52,7 @@ class RedisSentinel:
         down_after_ms: int = DOWN_AFTER_MS,
         failover_timeout_ms: int = FAILOVER_TIMEOUT_MS,
     ) -> None:
-        self._own_dir = directory is None
+        self.own_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="redis-sentinel-"))
         self.service_name = service_name
         self.certificates = certificates
@@ -202,23 +201,6 @@ class RedisSentinel:
 
     def stop(self) -> None:
         kill_all([*self.sentinels, self.replica, self.primary])
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            remove_directory(self.directory)
-
-    def __enter__(self) -> "RedisSentinel":
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"RedisSentinel({self.url})"

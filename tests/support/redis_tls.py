@@ -16,13 +16,12 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 import pytest
 
-from tests.support.redis_process import RedisProcess, remove_directory
+from tests.support.redis_process import RedisProcess, Throwaway
 
 # What the service sends, read from adapters/redis_*.py (2026-12-01), in three groups. Keep
 # them in step with the adapters: test_redis_topologies runs each as this user.
@@ -182,7 +181,7 @@ def _version(process: RedisProcess) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split("."))
 
 
-class RedisTLSServer:
+class RedisTLSServer(Throwaway):
     """A TLS-only redis-server (`port 0`, `tls-port <free>`) whose default user has a
     password only the harness knows (`admin_options`), and a service user (`url`).
 
@@ -200,7 +199,7 @@ class RedisTLSServer:
         key_prefix: str = "chat",
         commands: Sequence[str] = SERVICE_COMMANDS,
     ) -> None:
-        self._own_dir = directory is None
+        self.own_directory = directory is None
         self.directory = directory or Path(tempfile.mkdtemp(prefix="redis-tls-"))
         self.certificates = certificates
         self.user = user
@@ -267,23 +266,6 @@ class RedisTLSServer:
 
     def stop(self) -> None:
         self.process.kill()
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            remove_directory(self.directory)
-
-    def __enter__(self) -> "RedisTLSServer":
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"RedisTLSServer(port={self.port}, running={self.process.running})"
