@@ -207,3 +207,24 @@ def test_a_sentinel_failover_under_load_is_survived_without_a_restart(
         assert lost == 0
     else:
         assert answered_again - killed_at < 10
+
+
+def test_two_services_on_one_sentinel_set_share_sessions_and_streams(
+    module_launch: ServiceLauncher, sentinel_set: RedisSentinel
+) -> None:
+    """Replicas of the service: a stream begun on one is re-attached to on the other, from
+    the last event the client saw, and both show the same history."""
+    settings = config(sentinel_set.url)
+    settings["llm"] = {"echo_word_seconds": "0.05"}  # a reply that lasts a while
+    first, second = module_launch(settings), module_launch(settings)
+    with first.client() as one, second.client() as other:
+        with one.stream("POST", "/chat/stream", json=chat("", "one two three four")) as begun:
+            seen = read_events(begun, count=2)  # the session, then a first delta
+        session = seen[0].data["session_id"]
+        headers = {"Last-Event-ID": seen[-1].id}
+        with other.stream("GET", f"/chat/{session}/stream", headers=headers) as rest:
+            done = check_whole(read_events(rest), after=seen[-1].seq)
+        assert done.name == "done"
+        mine = first.expect(one.get(f"/chat/{session}"), 200)
+        assert mine == second.expect(other.get(f"/chat/{session}"), 200)
+        assert [m["role"] for m in mine["messages"]] == ["user", "assistant"]
