@@ -50,7 +50,22 @@ return 1
 """
 
 # Receipts are stored as b"p" (pending) or b"d" (done) followed by the msgpack Receipt, so
-# the scripts can tell the two apart without decoding.
+# the scripts can tell the two apart without decoding. A receipt lives in its session's slot
+# (`{<history>}:receipt:<key>`), so that the exchange and its receipt are one atomic write in
+# a Redis Cluster too; an index in the key's own slot (`<prefix>:receipt:<ns>:<key>`, b"i" and
+# the msgpack [fingerprint, session id], kept as long as a receipt) says which request and
+# session an Idempotency-Key belongs to, for a repeat that names no session, and for the key
+# reused with another body.
+#
+# KEYS: the index. ARGV: this request's entry, its ttl s, and an entry this one may replace
+# ('' for none). Returns false once this request's entry is the index, else the one held.
+_INDEX = """
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[3] then return held end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return false
+"""
+
 _CLAIM = """
 local held = redis.call('GET', KEYS[1])
 if held then return held end
@@ -101,6 +116,15 @@ def _entry(message: Message) -> bytes:
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_Entry).decode
 _decode_receipt = msgspec.msgpack.Decoder(Receipt).decode
+_decode_index = msgspec.msgpack.Decoder(tuple[str, str]).decode
+
+
+def _session_of(receipt: Receipt) -> str:
+    if receipt.session_id is None:
+        raise ValueError("a receipt names the session its exchange goes to")
+    return receipt.session_id
+
+
 _decode_info = msgspec.msgpack.Decoder(SessionInfo).decode
 
 
@@ -157,8 +181,9 @@ class RedisHistory:
         self._records = "{" + _glob_escape(self._prefix) + "*}:session"
         self._max_messages = max_messages
         self._ttl = ttl_seconds
-        self._receipt_prefix = f"{key_prefix}:receipt:"
+        self._index_prefix = f"{key_prefix}:receipt:"
         self._append = client.register_script(_APPEND_EXCHANGE)
+        self._index = client.register_script(_INDEX)
         self._claim = client.register_script(_CLAIM)
         self._release = client.register_script(_RELEASE)
         self._extend = client.register_script(_EXTEND)
@@ -167,8 +192,13 @@ class RedisHistory:
     def _key(self, key: SessionKey) -> str:
         return history_key(self._key_prefix, key)
 
-    def _receipt_key(self, receipt: Receipt) -> str:
-        return f"{self._receipt_prefix}{receipt.namespace}:{receipt.key}"
+    def _receipt_key(self, receipt: Receipt, session_id: str | None = None) -> str:
+        """The receipt, in the slot of its session (or of `session_id`)."""
+        session = SessionKey(receipt.namespace, session_id or _session_of(receipt))
+        return "{" + self._key(session) + "}:receipt:" + receipt.key
+
+    def _index_key(self, receipt: Receipt) -> str:
+        return f"{self._index_prefix}{receipt.namespace}:{receipt.key}"
 
     async def load(self, key: SessionKey) -> list[Message]:
         async with self._call("history.load"):
@@ -230,10 +260,34 @@ class RedisHistory:
         return result
 
     async def claim(self, pending: Receipt, ttl_seconds: float) -> Receipt | None:
-        args: list[bytes | int] = [_stored_receipt(pending), _milliseconds(ttl_seconds)]
+        """The index first: another body's receipt (a conflict), or the receipt of the
+        session the key's first request ran in; then this request's lease in its session.
+        An index naming a session that holds no receipt (its request failed) is pointed at
+        this request's session, if no other request did so meanwhile."""
+        session = _session_of(pending)
+        entry = b"i" + _encode((pending.fingerprint, session))
+        replaced = b""
         async with self._call("receipt.claim"):
-            held = await self._claim(keys=[self._receipt_key(pending)], args=args)
-        return None if held is None else _decode_receipt(held[1:])
+            while (
+                held := await self._index(
+                    keys=[self._index_key(pending)],
+                    args=[entry, RECEIPT_TTL_SECONDS, replaced],
+                )
+            ) is not None:
+                if held[:1] != b"i":  # a receipt written before receipts moved to sessions
+                    return _decode_receipt(held[1:])
+                fingerprint, first_session = _decode_index(held[1:])
+                if fingerprint != pending.fingerprint:
+                    return msgspec.structs.replace(pending, fingerprint=fingerprint)
+                if first_session == session:
+                    break
+                stored = await self._client.get(self._receipt_key(pending, first_session))
+                if stored is not None:
+                    return _decode_receipt(cast(bytes, stored)[1:])
+                replaced = held
+            args: list[bytes | int] = [_stored_receipt(pending), _milliseconds(ttl_seconds)]
+            lease = await self._claim(keys=[self._receipt_key(pending)], args=args)
+        return None if lease is None else _decode_receipt(lease[1:])
 
     async def extend(self, pending: Receipt, ttl_seconds: float) -> None:
         args: list[bytes | int] = [_stored_receipt(pending), _milliseconds(ttl_seconds)]

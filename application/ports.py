@@ -64,7 +64,9 @@ class ChatHistory(Protocol):
         ...
 
     # Receipts of requests made with an Idempotency-Key live with the histories, since a
-    # completed receipt is written in the same atomic step as its exchange.
+    # completed receipt is written in the same atomic step as its exchange. A receipt names the
+    # session its exchange goes to (`session_id`); a repeat that names none finds the first
+    # request's receipt all the same, as long as that one is held or answered.
 
     async def claim(self, pending: Receipt, ttl_seconds: float) -> Receipt | None:
         """Record `pending` (a receipt without reply) for ttl_seconds, unless a receipt for the

@@ -67,6 +67,7 @@ class SendMessage:
             namespace,
             parse_idempotency_key(idempotency_key),
             fingerprint(session_id, text, *options.identity()),
+            session_id=key.session_id,
         )
         earlier = await self._leases.claim(pending)
         if earlier is not None and earlier.reply is not None:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 
+import msgspec
 import pytest
 from redis.asyncio import Redis
 
@@ -362,18 +363,24 @@ async def test_purge_of_idle_histories_forgets_their_opened_sessions_only(
 
 # --- receipts of requests made with an Idempotency-Key ---------------------------------------
 
-PENDING = Receipt("public", "key-1", "fingerprint-1")
+PENDING = Receipt("public", "key-1", "fingerprint-1", session_id=KEY.session_id)
 
 
 def done(pending: Receipt, text: str) -> Receipt:
-    return Receipt(pending.namespace, pending.key, pending.fingerprint, Reply("s-1", text))
+    return msgspec.structs.replace(pending, reply=Reply(KEY.session_id, text))
+
+
+def repeat_in(session_id: str, pending: Receipt = PENDING) -> Receipt:
+    """The same request again, in the new session its process made up (it named none)."""
+    return msgspec.structs.replace(pending, session_id=session_id)
 
 
 async def test_a_claim_is_held_until_released(store: HistoryStore) -> None:
     receipts = store.make(10, 60)
 
     assert await receipts.claim(PENDING, ttl_seconds=60) is None
-    assert await receipts.claim(Receipt("public", "key-1", "other"), ttl_seconds=60) == PENDING
+    other = msgspec.structs.replace(PENDING, fingerprint="other")
+    assert await receipts.claim(other, ttl_seconds=60) == PENDING
     await receipts.release(PENDING)
     assert await receipts.claim(PENDING, ttl_seconds=60) is None
 
@@ -412,7 +419,7 @@ async def test_an_answered_request_is_never_appended_twice(store: HistoryStore) 
 
     earlier = await history.append_exchange(KEY, *second, done(PENDING, "answer 2"))
 
-    assert earlier == Reply("s-1", "answer 1")
+    assert earlier == Reply(KEY.session_id, "answer 1")
     assert await history.load(KEY) == list(first)
 
 
@@ -420,7 +427,8 @@ async def test_receipts_are_per_namespace(store: HistoryStore) -> None:
     receipts = store.make(10, 60)
     await receipts.claim(PENDING, ttl_seconds=60)
 
-    assert await receipts.claim(Receipt("other", "key-1", "fingerprint-1"), 60) is None
+    other_namespace = msgspec.structs.replace(PENDING, namespace="other")
+    assert await receipts.claim(other_namespace, 60) is None
 
 
 async def test_a_claim_extended_by_its_holder_outlives_its_first_ttl(store: HistoryStore) -> None:
@@ -429,9 +437,53 @@ async def test_a_claim_extended_by_its_holder_outlives_its_first_ttl(store: Hist
 
     await store.advance(8)
     await receipts.extend(PENDING, ttl_seconds=10)
-    await receipts.extend(Receipt("public", "key-1", "not the holder"), ttl_seconds=1000)
+    not_the_holder = msgspec.structs.replace(PENDING, fingerprint="not the holder")
+    await receipts.extend(not_the_holder, ttl_seconds=1000)
     await store.advance(8)
 
     assert await receipts.claim(PENDING, ttl_seconds=10) == PENDING
     await store.advance(3)
     assert await receipts.claim(PENDING, ttl_seconds=10) is None
+
+
+async def test_a_repeat_in_a_session_of_its_own_finds_the_first_requests_receipt(
+    store: HistoryStore,
+) -> None:
+    """A request that named no session runs in one its process made up; a repeat, in
+    another, is told the first one's receipt: in flight, then answered."""
+    history = store.make(10, 60)
+    await history.claim(PENDING, ttl_seconds=60)
+
+    assert await history.claim(repeat_in("made-up-2"), ttl_seconds=60) == PENDING
+    await history.append_exchange(KEY, *exchange(1), done(PENDING, "answer 1"))
+    assert await history.claim(repeat_in("made-up-3"), ttl_seconds=60) == done(PENDING, "answer 1")
+
+
+async def test_after_a_failed_first_request_a_repeat_runs_in_its_own_session(
+    store: HistoryStore,
+) -> None:
+    history = store.make(10, 60)
+    await history.claim(PENDING, ttl_seconds=60)
+    await history.release(PENDING)  # it failed: nothing stored
+
+    second = repeat_in("made-up-2")
+    assert await history.claim(second, ttl_seconds=60) is None
+    answered = msgspec.structs.replace(second, reply=Reply("made-up-2", "answer 2"))
+    await history.append_exchange(SessionKey(KEY.namespace, "made-up-2"), *exchange(2), answered)
+
+    assert await history.claim(repeat_in("made-up-3"), ttl_seconds=60) == answered
+    assert await history.claim(PENDING, ttl_seconds=60) == answered
+
+
+async def test_the_key_with_another_body_is_refused_after_its_request_was_answered(
+    store: HistoryStore,
+) -> None:
+    history = store.make(10, 60)
+    await history.claim(PENDING, ttl_seconds=60)
+    await history.append_exchange(KEY, *exchange(1), done(PENDING, "answer 1"))
+    elsewhere = Receipt("public", "key-1", "another body", session_id="another-session")
+
+    held = await history.claim(elsewhere, ttl_seconds=60)
+
+    assert held is not None
+    assert held.fingerprint == "fingerprint-1"

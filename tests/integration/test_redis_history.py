@@ -16,6 +16,7 @@ from adapters.redis_client import connect
 from adapters.redis_coordination import RedisJobLock, RedisRateLimiter
 from adapters.redis_history import RedisHistory
 from application.errors import HistoryUnavailable
+from domain.idempotency import Receipt, Reply
 from domain.message import Message
 from domain.session import SessionInfo, SessionKey
 from tests.support.redis_server import RedisServer
@@ -71,6 +72,21 @@ async def test_the_session_record_sits_in_its_history_keys_cluster_slot(
 
     assert await all_keys(redis_client) == {HISTORY, RECORD}
     assert key_slot(RECORD.encode()) == key_slot(HISTORY.encode())
+
+
+async def test_an_exchange_and_its_receipt_are_written_in_one_cluster_slot(
+    redis_client: Redis, history: RedisHistory
+) -> None:
+    """So that one script can write both in a Redis Cluster: the receipt sits beside the
+    history; the key's index (which session the key belongs to) in a slot of its own."""
+    pending = Receipt("public", "key{1}", "fingerprint", session_id=KEY.session_id)
+    await history.claim(pending, ttl_seconds=60)
+    answered = msgspec.structs.replace(pending, reply=Reply(KEY.session_id, "answer 1"))
+    await history.append_exchange(KEY, *exchange(1), answered)
+
+    receipt = f"{{{HISTORY}}}:receipt:key{{1}}"
+    assert await all_keys(redis_client) == {HISTORY, receipt, f"{PREFIX}:receipt:public:key{{1}}"}
+    assert key_slot(receipt.encode()) == key_slot(HISTORY.encode())
 
 
 async def test_ttl_zero_makes_an_expiring_history_persistent(redis_client: Redis) -> None:
