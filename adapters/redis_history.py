@@ -119,6 +119,10 @@ _decode_receipt = msgspec.msgpack.Decoder(Receipt).decode
 _decode_index = msgspec.msgpack.Decoder(tuple[str, str]).decode
 
 
+def _index_entry(receipt: Receipt) -> bytes:
+    return b"i" + _encode((receipt.fingerprint, _session_of(receipt)))
+
+
 def _session_of(receipt: Receipt) -> str:
     if receipt.session_id is None:
         raise ValueError("a receipt names the session its exchange goes to")
@@ -265,7 +269,7 @@ class RedisHistory:
         An index naming a session that holds no receipt (its request failed) is pointed at
         this request's session, if no other request did so meanwhile."""
         session = _session_of(pending)
-        entry = b"i" + _encode((pending.fingerprint, session))
+        entry = _index_entry(pending)
         replaced = b""
         async with self._call("receipt.claim"):
             while (
@@ -295,8 +299,11 @@ class RedisHistory:
             await self._extend(keys=[self._receipt_key(pending)], args=args)
 
     async def release(self, pending: Receipt) -> None:
+        """The lease, then the index if it is still this request's: a request that failed
+        leaves the key free for any body (one whose process died leaves its index a day)."""
         async with self._call("receipt.release"):
             await self._release(keys=[self._receipt_key(pending)], args=[_stored_receipt(pending)])
+            await self._release(keys=[self._index_key(pending)], args=[_index_entry(pending)])
 
     async def delete(self, key: SessionKey) -> None:
         history = self._key(key)

@@ -487,3 +487,12 @@ async def test_the_key_with_another_body_is_refused_after_its_request_was_answer
 
     assert held is not None
     assert held.fingerprint == "fingerprint-1"
+
+
+async def test_a_released_key_is_free_for_another_body(store: HistoryStore) -> None:
+    history = store.make(10, 60)
+    await history.claim(PENDING, ttl_seconds=60)
+    await history.release(PENDING)
+    elsewhere = Receipt("public", "key-1", "another body", session_id="another-session")
+
+    assert await history.claim(elsewhere, ttl_seconds=60) is None
