@@ -3,16 +3,16 @@ names), and the bound every call to it runs within."""
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError, RedisError
+from redis.exceptions import ConnectionError, NoScriptError, RedisError
 
 from adapters.redis_address import parse_redis_url
 from application.errors import HistoryUnavailable
@@ -84,6 +84,39 @@ class StoreCalls:
 
     def __call__(self, operation: str, seconds: float = TIMEOUT_SECONDS) -> StoreCall:
         return StoreCall(self._what, seconds, operation=operation, observe=self._observe)
+
+
+# One EVALSHA: its keys, then its other arguments.
+ScriptCall = tuple[Sequence[str | bytes], Sequence[str | int | bytes]]
+
+
+async def evalsha_each(
+    client: Redis, script: str, sha: str, calls: Sequence[ScriptCall]
+) -> list[Any]:
+    """Run `script` once per call and return the answers in order: in one pipeline on one
+    Redis (one round trip), concurrently on a Cluster (redis-py refuses scripts in a cluster
+    pipeline, whose keys may live on several nodes). The script is loaded once where Redis
+    lacks it. Not redis-py's Script in a pipeline: that asks SCRIPT EXISTS before each batch.
+    """
+    answers: list[Any] = []
+    for _ in range(2):
+        if isinstance(client, RedisCluster):
+            answers = await asyncio.gather(
+                *(client.evalsha(sha, len(keys), *keys, *args) for keys, args in calls),
+                return_exceptions=True,
+            )
+        else:
+            async with client.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(sha, len(keys), *keys, *args)
+                answers = await pipe.execute(raise_on_error=False)
+        if not any(isinstance(answer, NoScriptError) for answer in answers):
+            break
+        await client.script_load(script)
+    for answer in answers:
+        if isinstance(answer, BaseException):
+            raise answer
+    return answers
 
 
 class _ResetAware(AbstractConnection):

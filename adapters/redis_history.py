@@ -10,7 +10,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from adapters.redis_client import StoreCalls, StoreObserver
+from adapters.redis_client import ScriptCall, StoreCalls, StoreObserver, evalsha_each
 from application.errors import HistoryUnavailable
 from domain.idempotency import RECEIPT_TTL_SECONDS, Receipt, Reply
 from domain.message import Message, Role
@@ -368,12 +368,11 @@ class RedisHistory:
         ]
         if not idle:
             return 0
-        async with self._client.pipeline(transaction=False) as pipe:
-            for name, entry in idle:
-                await self._unlink_unchanged(
-                    keys=[name, _record_key(name.decode())], args=[entry], client=pipe
-                )
-            return sum(cast(list[int], await pipe.execute()))
+        calls: list[ScriptCall] = [
+            ([name, _record_key(name.decode())], [entry]) for name, entry in idle
+        ]
+        sha = self._unlink_unchanged.sha
+        return sum(await evalsha_each(self._client, _UNLINK_UNCHANGED, sha, calls))
 
     async def ping(self) -> None:
         async with self._ping("ping"):

@@ -11,9 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
-from adapters.redis_client import StoreCalls, StoreObserver
+from adapters.redis_client import ScriptCall, StoreCalls, StoreObserver, evalsha_each
 from application.ports import ModelStatus, TokenSample
 
 _UNAVAILABLE = "the model health store is unavailable"
@@ -124,35 +123,18 @@ class RedisModelHealth:
     async def statuses(
         self, names: Sequence[str], samples: Mapping[str, TokenSample]
     ) -> dict[str, ModelStatus]:
-        """One pipeline of one script call per model."""
+        """One script call per model, in one round trip (evalsha_each)."""
         names = list(dict.fromkeys(names))
         if not names:
             return {}
-        calls = []
+        calls: list[ScriptCall] = []
         for name in names:
             tokens, chars = samples.get(name) or (0, 0)
-            calls.append(
-                (self._prefix + name, [tokens, chars, CALIBRATION_CHARS_CAP, IDLE_EXPIRY_SECONDS])
-            )
+            args = [tokens, chars, CALIBRATION_CHARS_CAP, IDLE_EXPIRY_SECONDS]
+            calls.append(([self._prefix + name], args))
         async with self._call("model_health.statuses"):
-            answers = await self._statuses(calls)
+            answers = await evalsha_each(self._client, _STATUS, self._status_sha, calls)
         return {name: _status(answer) for name, answer in zip(names, answers, strict=True)}
-
-    async def _statuses(self, calls: list[tuple[str, list[int]]]) -> list[Any]:
-        """EVALSHA each call in one pipeline, loading the script once if Redis lacks it
-        (as RedisReplyLog does: redis-py's Script in a pipeline asks SCRIPT EXISTS first)."""
-        for _ in range(2):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key, args in calls:
-                    pipe.evalsha(self._status_sha, 1, key, *args)
-                answers: list[Any] = await pipe.execute(raise_on_error=False)
-            if not any(isinstance(answer, NoScriptError) for answer in answers):
-                break
-            await self._client.script_load(_STATUS)
-        for answer in answers:
-            if isinstance(answer, Exception):
-                raise answer
-        return answers
 
     async def failed(self, name: str) -> ModelStatus:
         args = [self._cooldown_ms, self._cooldown_failures, IDLE_EXPIRY_SECONDS]

@@ -12,9 +12,8 @@ from typing import Any, cast
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
-from adapters.redis_client import StoreCalls, StoreObserver
+from adapters.redis_client import ScriptCall, StoreCalls, StoreObserver, evalsha_each
 from adapters.redis_history import history_key
 from application.ports import Publication, Published, ReplyRead
 from domain.reply_events import ReplyEvent
@@ -92,7 +91,8 @@ class RedisReplyLog:
         return f"{self._tag(key)}:latest-reply"
 
     async def publish(self, batch: Sequence[Publication]) -> list[Published]:
-        """One pipeline for the whole batch; a second for the replies the store had lost."""
+        """One round trip for the whole batch (evalsha_each); a second for the replies the
+        store had lost."""
         # What each holds now is what is stored: the producers may append meanwhile.
         replies = [(p.key, p.reply_id, list(p.events), p.published) for p in batch]
         calls = [
@@ -115,21 +115,8 @@ class RedisReplyLog:
             for (_, _, events, _), answer in zip(replies, answers, strict=True)
         ]
 
-    async def _published(self, calls: list[tuple[list[str], list[str | int | bytes]]]) -> list[Any]:
-        """EVALSHA each call in one pipeline, loading the script once if Redis lacks it.
-        Not redis-py's Script in a pipeline: that asks SCRIPT EXISTS before every batch."""
-        for _ in range(2):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    pipe.evalsha(self._publish_sha, len(keys), *keys, *args)
-                answers: list[Any] = await pipe.execute(raise_on_error=False)
-            if not any(isinstance(answer, NoScriptError) for answer in answers):
-                break
-            await self._client.script_load(_PUBLISH)
-        for answer in answers:
-            if isinstance(answer, Exception):
-                raise answer
-        return answers
+    async def _published(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        return await evalsha_each(self._client, _PUBLISH, self._publish_sha, calls)
 
     def _args(
         self, reply_id: str, events: list[ReplyEvent], published: int, *, replace: bool
