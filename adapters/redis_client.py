@@ -1,20 +1,21 @@
-"""One pooled redis.asyncio client per process (one Redis, or the primary a Sentinel set
-names), and the bound every call to it runs within."""
+"""One pooled redis.asyncio client per process (one Redis, the primary a Sentinel set names,
+or a Redis Cluster), and the bound every call to it runs within."""
 
 import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, NoScriptError, RedisError
 
-from adapters.redis_address import parse_redis_url
+from adapters.redis_address import RedisAddress, parse_redis_url
 from application.errors import HistoryUnavailable
 
 TIMEOUT_SECONDS = 2.0
@@ -152,6 +153,24 @@ class TlsFiles(NamedTuple):
         }
 
 
+def _cluster(address: RedisAddress, options: dict[str, Any], tls: dict[str, Any]) -> Redis:
+    """A Redis Cluster client from its seed nodes, routing each command to its key's node and
+    following MOVED and ASK. Typed as Redis: the adapters use only commands both clients have
+    (scripts over several keys go through evalsha_each, which tells them apart)."""
+    cluster = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in address.nodes],
+        username=address.username,
+        password=address.password,
+        ssl=address.tls,
+        max_connections=options["max_connections"],
+        socket_connect_timeout=options["socket_connect_timeout"],
+        retry=options["retry"],
+        health_check_interval=options["health_check_interval"],
+        **tls,
+    )
+    return cast(Redis, cluster)
+
+
 class _SentinelPrimary(Redis):
     """The primary a Sentinel set names (found again after a failover, by redis-py's
     SentinelConnectionPool); closing it closes the clients of the sentinels too."""
@@ -191,6 +210,8 @@ def connect(
         "health_check_interval": 30,
     }
     tls_options = tls.options() if address.tls else {}
+    if address.kind == "cluster":
+        return _cluster(address, options, tls_options)
     if address.kind == "sentinel":
         sentinels = Sentinel(  # type: ignore[no-untyped-call]
             address.nodes,

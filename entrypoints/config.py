@@ -88,10 +88,7 @@ def _redis_url(url: str) -> str:
             f"is not a valid Redis URL (use {SPELLINGS}, memory://, or leave it empty for the "
             "embedded server)"
         )
-    if parse_redis_url(url).kind == "cluster":
-        raise ValueError(
-            "is a Redis Cluster's: this version serves one Redis, or the primary of a Sentinel set"
-        )
+    parse_redis_url(url)  # raises ValueError saying what is wrong
     return url
 
 
@@ -196,6 +193,8 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 raise _Invalid(key, "set, but [redis] url is not a TLS one (rediss://...)")
             if file and not Path(file).is_file():
                 raise _Invalid(key, f"{file}: no such file")
+        if self.min_replicas_ack and self.url.partition("://")[0].endswith("+cluster"):
+            raise _Invalid("min_replicas_ack", "not served on a Redis Cluster yet; use 0")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
             raise _Invalid(missing, "tls_cert_file and tls_key_file go together")

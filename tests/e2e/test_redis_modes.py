@@ -1,7 +1,8 @@
 """The service as a process on the Redis deployments teams run: TLS with a client certificate
-and an ACL user that may run only the service's commands, and a Sentinel set (a primary, a
-replica, three sentinels). Every path a client has (turns, idempotent repeats, streams and
-re-attach, history, deletes, conversations, the rate limit) works on each."""
+and an ACL user that may run only the service's commands, a Sentinel set (a primary, a
+replica, three sentinels) and a Redis Cluster (three primaries, three replicas). Every path a
+client has (turns, idempotent repeats, streams and re-attach, history, deletes, conversations,
+the rate limit) works on each."""
 
 import collections
 import itertools
@@ -16,6 +17,7 @@ import pytest
 
 from tests.e2e.conftest import Service, ServiceLauncher, chat
 from tests.e2e.sse import check_whole, read_events
+from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_sentinel import RedisSentinel
 from tests.support.redis_tls import RedisTLSServer, make_certificates
 
@@ -228,3 +230,27 @@ def test_two_services_on_one_sentinel_set_share_sessions_and_streams(
         mine = first.expect(one.get(f"/chat/{session}"), 200)
         assert mine == second.expect(other.get(f"/chat/{session}"), 200)
         assert [m["role"] for m in mine["messages"]] == ["user", "assistant"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    with RedisCluster(tmp_path_factory.mktemp("redis-cluster")) as nodes:
+        yield nodes
+
+
+def test_a_redis_cluster_serves_every_path_with_sessions_on_every_primary(
+    module_launch: ServiceLauncher, cluster: RedisCluster
+) -> None:
+    """No CROSSSLOT or MOVED reaches a client: a session's keys share its slot, and the
+    client follows the slot map; sessions spread over all three primaries."""
+    service = module_launch(config(cluster.url))
+    ready = service.expect(service.client().get("/ready"), 200)
+    assert ready["store"].startswith("redis cluster via 127.0.0.1:")
+    every_path(service, "cluster")
+    with service.client() as client:
+        for n in range(12):
+            service.expect(client.post("/chat/", json=chat(f"spread-{n}", "hello")), 200)
+    holding = {node.port for node in cluster.primaries() if node.call("DBSIZE") > 0}
+    assert holding == {node.port for node in cluster.primaries()}
+    assert "CROSSSLOT" not in service.stderr()
+    assert "MOVED" not in service.stderr()
