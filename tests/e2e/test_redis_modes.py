@@ -254,3 +254,40 @@ def test_a_redis_cluster_serves_every_path_with_sessions_on_every_primary(
     assert holding == {node.port for node in cluster.primaries()}
     assert "CROSSSLOT" not in service.stderr()
     assert "MOVED" not in service.stderr()
+
+
+@pytest.mark.slow
+def test_a_cluster_primary_killed_under_load_is_survived_without_a_restart(
+    launch: ServiceLauncher, tmp_path: Path
+) -> None:
+    """A primary of a 3+3 Cluster is killed under load: every request is answered 200 or 503,
+    never 500 nor left hanging; the sessions it served are answered again once its replica
+    takes over, the others all along. The numbers are printed (`pytest -s`)."""
+    with RedisCluster(tmp_path / "cluster") as nodes:
+        settings = config(nodes.url)
+        settings["history"] = {"max_messages": "100000"}  # every turn kept, to be counted
+        settings["auth"] = {}
+        service = launch(settings, workers=2)
+        with Load(service, clients=16) as load:
+            time.sleep(2)
+            killed = nodes.primaries()[0]
+            killed_at = time.monotonic()
+            nodes.kill(killed)
+            nodes.wait_for_failover(killed)
+            failed_over = time.monotonic() - killed_at
+            time.sleep(3)
+        after = sorted((t, status) for t, status, *_ in load.answers if t > killed_at)
+        first_refusal = min((t for t, status in after if status != 200), default=killed_at)
+        answered_again = max(
+            (t for t, status in after if status != 200), default=killed_at
+        )  # the last refusal: from then on, every session is answered
+        statuses = collections.Counter(status for _, status, *_ in load.answers)
+        lost = _lost(service, load.answers)
+    print(
+        f"\ncluster: {statuses[200]} answered 200, {statuses[503]} 503, others "
+        f"{dict((s, c) for s, c in statuses.items() if s not in (200, 503))}; the replica took "
+        f"over in {failed_over:.1f} s; refusals from {first_refusal - killed_at:.1f} s to "
+        f"{answered_again - killed_at:.1f} s after the kill; {lost} acknowledged turns lost"
+    )
+    assert set(statuses) <= {200, 503}, statuses
+    assert answered_again - killed_at < 10
