@@ -291,3 +291,24 @@ def test_a_cluster_primary_killed_under_load_is_survived_without_a_restart(
     )
     assert set(statuses) <= {200, 503}, statuses
     assert answered_again - killed_at < 10
+
+
+@pytest.mark.parametrize("topology", ["sentinel", "cluster"])
+def test_tls_in_every_mode(
+    launch: ServiceLauncher, tmp_path: Path, tls_server: RedisTLSServer, topology: str
+) -> None:
+    """A Sentinel set and a Cluster that speak TLS only (clients, replication, sentinels, the
+    cluster bus), with the same CA and client certificate settings as one server."""
+    files = tls_server.certificates
+    harness = RedisSentinel if topology == "sentinel" else RedisCluster
+    with harness(tmp_path / topology, certificates=files) as nodes:
+        assert nodes.url.startswith("rediss+")
+        service = launch(
+            config(
+                nodes.url,
+                tls_ca_file=str(files.ca),
+                tls_cert_file=str(files.client_cert),
+                tls_key_file=str(files.client_key),
+            )
+        )
+        every_path(service, f"tls-{topology}")
