@@ -7,7 +7,8 @@ from datetime import datetime
 from typing import cast
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import PipelineCommand
 from redis.exceptions import NoScriptError
 
 from adapters.redis_client import ScriptCall, StoreCalls, StoreObserver, evalsha_each
@@ -246,10 +247,13 @@ class RedisHistory:
         write may be lost by a failover, so it is not acknowledged either. EVALSHA itself,
         not redis-py's Script in a pipeline, which asks SCRIPT EXISTS first (a round trip)."""
         for _ in range(2):
-            async with self._client.pipeline(transaction=False) as pipe:
-                pipe.evalsha(self._append.sha, len(keys), *keys, *args)
-                pipe.execute_command("WAIT", self._min_replicas, REPLICAS_WAIT_MS)
-                result, acknowledged = await pipe.execute(raise_on_error=False)
+            if isinstance(self._client, RedisCluster):
+                result, acknowledged = await self._on_the_keys_node(keys, args)
+            else:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.evalsha(self._append.sha, len(keys), *keys, *args)
+                    pipe.execute_command("WAIT", self._min_replicas, REPLICAS_WAIT_MS)
+                    result, acknowledged = await pipe.execute(raise_on_error=False)
             if not isinstance(result, NoScriptError):
                 break
             await self._client.script_load(_APPEND_EXCHANGE)
@@ -262,6 +266,24 @@ class RedisHistory:
                 "[redis] min_replicas_ack asks for; it may not outlive a failover"
             )
         return result
+
+    async def _on_the_keys_node(
+        self, keys: list[str], args: list[bytes | int]
+    ) -> tuple[object, object]:
+        """The append and the WAIT on one connection to the primary of the keys' slot, through
+        redis-py's ClusterNode: a cluster pipeline refuses scripts, and would send a WAIT,
+        which names no key, to any node."""
+        cluster = cast(RedisCluster, self._client)
+        await cluster.initialize()
+        node = cluster.get_node_from_key(keys[0])
+        if node is None:
+            raise HistoryUnavailable(_UNAVAILABLE)
+        commands = [
+            PipelineCommand(0, "EVALSHA", self._append.sha, len(keys), *keys, *args),
+            PipelineCommand(1, "WAIT", self._min_replicas, REPLICAS_WAIT_MS),
+        ]
+        await node.execute_pipeline(commands)
+        return commands[0].result, commands[1].result
 
     async def claim(self, pending: Receipt, ttl_seconds: float) -> Receipt | None:
         """The index first: another body's receipt (a conflict), or the receipt of the

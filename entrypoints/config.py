@@ -193,8 +193,6 @@ class RedisSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 raise _Invalid(key, "set, but [redis] url is not a TLS one (rediss://...)")
             if file and not Path(file).is_file():
                 raise _Invalid(key, f"{file}: no such file")
-        if self.min_replicas_ack and self.url.partition("://")[0].endswith("+cluster"):
-            raise _Invalid("min_replicas_ack", "not served on a Redis Cluster yet; use 0")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             missing = "tls_key_file" if self.tls_cert_file else "tls_cert_file"
             raise _Invalid(missing, "tls_cert_file and tls_key_file go together")

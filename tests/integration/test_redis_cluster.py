@@ -12,6 +12,7 @@ from adapters.redis_client import connect
 from adapters.redis_history import RedisHistory
 from adapters.redis_model_health import RedisModelHealth
 from adapters.redis_reply_log import RedisReplyLog
+from application.errors import HistoryUnavailable
 from application.ports import Publication, TokenSample
 from domain.message import Message
 from domain.reply_events import DeltaData, SessionData, reply_event
@@ -76,3 +77,22 @@ async def test_batches_over_many_slots_are_answered_whole(client: Redis) -> None
     statuses = await health.statuses(names, {"model-1": TokenSample(100, 400)})
     assert statuses["model-3"].cooling_seconds > 0
     assert statuses["model-1"].tokens_per_char == pytest.approx(0.25)
+
+
+async def test_min_replicas_ack_waits_on_the_node_that_took_the_write(
+    cluster: RedisCluster, client: Redis
+) -> None:
+    """WAIT counts the replicas of the connection's own writes: it goes to the keys' primary
+    on the connection of the append. With that primary's replica gone, no turn is acked."""
+    history = RedisHistory(
+        client, key_prefix="acked", max_messages=10, ttl_seconds=0, min_replicas_ack=1
+    )
+    key = SessionKey("public", "acked")
+    await history.append_exchange(key, *exchange(T0))
+
+    primary = cluster.node_for_key(f"acked:history:{key.namespace}:{key.session_id}")
+    [replica] = [n for n in cluster.replicas() if n.call("ROLE")[2] == primary.port]
+    cluster.kill(replica)
+    with pytest.raises(HistoryUnavailable, match="reached 0 of the 1 replicas"):
+        await history.append_exchange(key, *exchange(T0 + timedelta(seconds=1)))
+    cluster.restart(replica)

@@ -185,10 +185,6 @@ def test_the_seeds_flat_config_keeps_working(tmp_path: Path) -> None:
         ("[redis]\nurl = redis://localhost:port/0\n", "[redis] url: is not a valid Redis URL"),
         ("[redis]\nurl = redis+sentinel://h:26379\n", "[redis] url: needs the service name"),
         ("[redis]\nurl = redis+cluster://h:7000/3\n", "[redis] url: a Redis Cluster has only db 0"),
-        (
-            "[redis]\nurl = redis+cluster://h:7000\nmin_replicas_ack = 1\n",
-            "[redis] min_replicas_ack: not served on a Redis Cluster yet",
-        ),
         ("[redis]\nurl = redis://a:1,b:2\n", "[redis] url: names several hosts: use redis+"),
         ("[redis]\nurl = redis+cluster://a:1,b:x\n", "[redis] url: is not a valid Redis URL (bad"),
         ("[redis]\ntls_ca_file = ca.pem\n", "[redis] tls_ca_file: set, but [redis] url is not"),
