@@ -6,6 +6,7 @@ the rate limit) works on each."""
 
 import collections
 import itertools
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +20,13 @@ from tests.e2e.conftest import Service, ServiceLauncher, chat
 from tests.e2e.sse import check_whole, read_events
 from tests.support.redis_cluster import RedisCluster
 from tests.support.redis_sentinel import RedisSentinel
-from tests.support.redis_tls import RedisTLSServer, make_certificates
+from tests.support.redis_tls import (
+    CLUSTER_CLIENT_COMMANDS,
+    SERVICE_COMMANDS,
+    RedisTLSServer,
+    create_user,
+    make_certificates,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -322,3 +329,17 @@ def test_tls_in_every_mode(
             )
         )
         every_path(service, f"tls-{topology}")
+
+
+def test_an_acl_user_on_a_cluster_serves_every_path(
+    module_launch: ServiceLauncher, cluster: RedisCluster
+) -> None:
+    """The same user on every node (ACLs are per server), with the service's commands and
+    what a cluster client adds (the slot map, ASK)."""
+    password = secrets.token_urlsafe(12)
+    commands = (*SERVICE_COMMANDS, *CLUSTER_CLIENT_COMMANDS)
+    create_user(cluster.nodes, "chat-service", password, commands=commands)
+    seeds = cluster.url.removeprefix("redis+cluster://")
+    service = module_launch(config(f"redis+cluster://chat-service:{password}@{seeds}"))
+    every_path(service, "cluster-acl")
+    assert "NOPERM" not in service.stderr()

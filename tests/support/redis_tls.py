@@ -39,8 +39,11 @@ SERVICE_COMMANDS: tuple[str, ...] = (
     "del", "pexpire", "persist", "lpos", "rpush", "ltrim", "time",
     "hget", "hmget", "hset", "hdel", "hincrby", "xadd", "xrevrange",
 )  # fmt: skip
-# A redis-py cluster client also asks for the slot map and follows ASK redirects.
-CLUSTER_CLIENT_COMMANDS: tuple[str, ...] = ("cluster|slots", "cluster|shards", "asking", "readonly")
+# A redis-py cluster client also asks for the slot map, follows ASK redirects, and reads
+# COMMAND's table (where each command's keys are).
+CLUSTER_CLIENT_COMMANDS: tuple[str, ...] = (
+    "cluster|slots", "cluster|shards", "asking", "readonly", "command",
+)  # fmt: skip
 
 
 class OpenSSLMissing(RuntimeError):
