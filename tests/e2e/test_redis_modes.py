@@ -343,3 +343,30 @@ def test_an_acl_user_on_a_cluster_serves_every_path(
     service = module_launch(config(f"redis+cluster://chat-service:{password}@{seeds}"))
     every_path(service, "cluster-acl")
     assert "NOPERM" not in service.stderr()
+
+
+@pytest.mark.slow
+def test_a_stream_is_re_attached_to_across_a_sentinel_failover(
+    launch: ServiceLauncher, tmp_path: Path
+) -> None:
+    """A reply streaming while its Redis primary dies goes on; once the replica is promoted,
+    a client that lost its connection re-attaches from its last event and gets the rest, and
+    the exchange is stored whole."""
+    words = " ".join(f"word{n}" for n in range(40))
+    with RedisSentinel(tmp_path / "sentinel") as sentinels:
+        settings = config(sentinels.url)
+        settings["llm"] = {"echo_word_seconds": "0.15"}  # about 6 s of reply
+        service = launch(settings, workers=2)
+        with service.client() as client:
+            with client.stream("POST", "/chat/stream", json=chat("", words)) as begun:
+                seen = read_events(begun, count=3)
+            session = seen[0].data["session_id"]
+            sentinels.kill_primary()
+            sentinels.wait_for_failover()
+            headers = {"Last-Event-ID": seen[-1].id}
+            with client.stream("GET", f"/chat/{session}/stream", headers=headers) as rest:
+                done = check_whole(read_events(rest), after=seen[-1].seq)
+            assert done.name == "done", done
+            assert f"You said: {words} (" in done.data["response"]  # the echo reply, whole
+            stored = service.expect(client.get(f"/chat/{session}"), 200)["messages"]
+            assert [m["content"] for m in stored] == [words, done.data["response"]]
