@@ -123,7 +123,9 @@ async def evalsha_each(
 class _ResetAware(AbstractConnection):
     """uvloop raises RuntimeError, not an OSError, when writing to a connection the peer has
     reset (MagicStack/uvloop#506), and redis-py retries and reports only its own connection
-    errors: a stale pooled connection would be a 500. Report it as what it is."""
+    errors: a stale pooled connection would be a 500. Report it as what it is. So too a
+    connection another task closed meanwhile (a Cluster client under a failover: redis-py
+    finds its writer gone, an AttributeError)."""
 
     async def send_packed_command(
         self, command: bytes | str | Iterable[bytes], check_health: bool = True
@@ -134,6 +136,14 @@ class _ResetAware(AbstractConnection):
             if "closed" not in str(error):
                 raise
             raise ConnectionError("the connection was closed by the peer") from error
+        except AttributeError as error:
+            if getattr(self, "_writer", True) is not None:
+                raise
+            raise ConnectionError("the connection was closed meanwhile") from error
+
+
+def _reset_aware(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    return type(f"ResetAware{base.__name__}", (_ResetAware, base), {})
 
 
 class TlsFiles(NamedTuple):
@@ -168,6 +178,11 @@ def _cluster(address: RedisAddress, options: dict[str, Any], tls: dict[str, Any]
         health_check_interval=options["health_check_interval"],
         **tls,
     )
+    # Its nodes' connections report a reset one as a connection error, as a single client's.
+    aware = _reset_aware(cluster.connection_kwargs["connection_class"])
+    cluster.connection_kwargs["connection_class"] = aware
+    for node in cluster.nodes_manager.startup_nodes.values():
+        node.connection_class = aware  # type: ignore[assignment]  # a Connection subclass
     return cast(Redis, cluster)
 
 
@@ -234,5 +249,5 @@ def connect(
         client = Redis.from_pool(ConnectionPool.from_url(url, **tls_options, **options))
     pool = client.connection_pool  # the client owns the pool: aclose() closes it
     base = pool.connection_class  # TCP, TLS, unix socket or sentinel-managed, as the URL says
-    pool.connection_class = type(f"ResetAware{base.__name__}", (_ResetAware, base), {})
+    pool.connection_class = _reset_aware(base)
     return client
