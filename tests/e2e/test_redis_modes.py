@@ -212,8 +212,8 @@ def test_a_sentinel_failover_under_load_is_survived_without_a_restart(
     assert set(statuses) <= {200, 503}, statuses
     if min_replicas_ack:
         # No write can be acknowledged while the new primary has no replica; once the old
-        # primary is back as one, the service answers at once.
-        assert answered_again - replica_back < 2
+        # primary is back as one, the service answers within seconds.
+        assert answered_again - replica_back < 5
         assert lost == 0
     else:
         assert answered_again - killed_at < 10
