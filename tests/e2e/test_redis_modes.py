@@ -370,3 +370,16 @@ def test_a_stream_is_re_attached_to_across_a_sentinel_failover(
             assert f"You said: {words} (" in done.data["response"]  # the echo reply, whole
             stored = service.expect(client.get(f"/chat/{session}"), 200)["messages"]
             assert [m["content"] for m in stored] == [words, done.data["response"]]
+
+
+def test_an_acl_user_on_a_sentinel_set_serves_every_path(
+    module_launch: ServiceLauncher, sentinel_set: RedisSentinel
+) -> None:
+    """The user on the primary and the replica (ACLs are per server, and a failover must
+    find it there); the sentinels are asked without credentials."""
+    password = secrets.token_urlsafe(12)
+    create_user([sentinel_set.primary, sentinel_set.replica], "chat-service", password)
+    hosts = sentinel_set.url.removeprefix("redis+sentinel://")
+    service = module_launch(config(f"redis+sentinel://chat-service:{password}@{hosts}"))
+    every_path(service, "sentinel-acl")
+    assert "NOPERM" not in service.stderr()
