@@ -164,6 +164,7 @@ def _lost(service: Service, answers: list[tuple[float, int, str, str]]) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # a failover on a loaded machine: seconds become tens
 @pytest.mark.parametrize("min_replicas_ack", [1, 0])
 def test_a_sentinel_failover_under_load_is_survived_without_a_restart(
     launch: ServiceLauncher, tmp_path: Path, min_replicas_ack: int
@@ -265,6 +266,7 @@ def test_a_redis_cluster_serves_every_path_with_sessions_on_every_primary(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # a failover on a loaded machine: seconds become tens
 @pytest.mark.parametrize("min_replicas_ack", [1, 0])
 def test_a_cluster_primary_killed_under_load_is_survived_without_a_restart(
     launch: ServiceLauncher, tmp_path: Path, min_replicas_ack: int
@@ -346,6 +348,7 @@ def test_an_acl_user_on_a_cluster_serves_every_path(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # a failover on a loaded machine: seconds become tens
 def test_a_stream_is_re_attached_to_across_a_sentinel_failover(
     launch: ServiceLauncher, tmp_path: Path
 ) -> None:
