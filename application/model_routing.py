@@ -26,6 +26,7 @@ from application.telemetry import (
     ModelCall,
     ModelOutcome,
     Telemetry,
+    failure_of,
     outcome_of,
 )
 from domain.answer import Answer, Usage, estimate_usage
@@ -320,13 +321,10 @@ class ModelRouter:
         """Tell of a request going to `route` rather than the first in line."""
         if failures:
             name, error = failures[-1]
-            reason: FallbackReason = "timeout" if isinstance(error, ModelTimeout) else "error"
-            if isinstance(error, ContextTooLong):
-                reason = "context_exceeded"
-            self._telemetry.fell_back(name, route.name, reason)
+            self._telemetry.fell_back(name, route.name, failure_of(error))
         elif route is not first:
             cooling = self._seen.get(first.name, _UP).cooling_until is not None
-            reason = "cooldown" if cooling else "context_exceeded"  # or it did not fit
+            reason: FallbackReason = "cooldown" if cooling else "context_exceeded"  # did not fit
             self._telemetry.fell_back(first.name, route.name, reason)
 
     def _tell(

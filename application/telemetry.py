@@ -8,12 +8,14 @@ from typing import Literal, NamedTuple, Protocol, runtime_checkable
 from application.errors import ContextTooLong, ModelTimeout
 from domain.answer import Usage
 
+# How a call to a model failed.
+Failure = Literal["error", "timeout", "context_exceeded"]
 # How one call to one model ended; "cancelled": its caller stopped waiting (a client that
 # hung up, a stop request, a shutdown).
-ModelOutcome = Literal["ok", "error", "timeout", "context_exceeded", "cancelled"]
+ModelOutcome = Literal["ok", Failure, "cancelled"]
 # Why a request went to another model than the first in line: the failure of the one
 # before it, or "cooldown" when the first was skipped as cooling down.
-FallbackReason = Literal["error", "timeout", "context_exceeded", "cooldown"]
+FallbackReason = Literal[Failure, "cooldown"]
 # How a streamed reply ended: done, stopped on request (its text so far stored), error
 # (nothing stored), or its client hung up and [llm] stream_on_disconnect is cancel.
 StreamOutcome = Literal["done", "error", "stopped", "client_gone"]
@@ -49,15 +51,19 @@ class Telemetry(Protocol):
         ...
 
 
-def outcome_of(error: BaseException) -> ModelOutcome:
-    """How a call that raised `error` ended."""
+def failure_of(error: BaseException) -> Failure:
     if isinstance(error, ContextTooLong):
         return "context_exceeded"
     if isinstance(error, ModelTimeout):
         return "timeout"
+    return "error"
+
+
+def outcome_of(error: BaseException) -> ModelOutcome:
+    """How a call that raised `error` ended."""
     if isinstance(error, asyncio.CancelledError | GeneratorExit):
         return "cancelled"
-    return "error"
+    return failure_of(error)
 
 
 class Unobserved:
