@@ -118,6 +118,7 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(_Entry).decode
 _decode_receipt = msgspec.msgpack.Decoder(Receipt).decode
 _decode_index = msgspec.msgpack.Decoder(tuple[str, str]).decode
+_decode_info = msgspec.msgpack.Decoder(SessionInfo).decode
 
 
 def _index_entry(receipt: Receipt) -> bytes:
@@ -130,18 +131,19 @@ def _session_of(receipt: Receipt) -> str:
     return receipt.session_id
 
 
-_decode_info = msgspec.msgpack.Decoder(SessionInfo).decode
-
-
 def history_key(key_prefix: str, key: SessionKey) -> str:
-    """A session's history. Its other keys are tagged `{<this key>}`: a key without a tag
-    hashes whole, so in a Redis Cluster they all share this one's slot."""
+    """A session's history; its other keys are `beside` it."""
     return f"{key_prefix}:history:{key.namespace}:{key.session_id}"
 
 
+def beside(history: str, name: str) -> str:
+    """Another key of the session whose history key is `history`, tagged `{<history>}`: a
+    key without a tag hashes whole, so in a Redis Cluster all of them share one slot."""
+    return "{" + history + "}:" + name
+
+
 def _record_key(history: str) -> str:
-    """The session record beside a history, in its cluster slot."""
-    return "{" + history + "}:session"
+    return beside(history, "session")
 
 
 def _milliseconds(seconds: float) -> int:
@@ -200,7 +202,7 @@ class RedisHistory:
     def _receipt_key(self, receipt: Receipt, session_id: str | None = None) -> str:
         """The receipt, in the slot of its session (or of `session_id`)."""
         session = SessionKey(receipt.namespace, session_id or _session_of(receipt))
-        return "{" + self._key(session) + "}:receipt:" + receipt.key
+        return beside(self._key(session), "receipt:" + receipt.key)
 
     def _index_key(self, receipt: Receipt) -> str:
         return f"{self._index_prefix}{receipt.namespace}:{receipt.key}"

@@ -14,7 +14,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from adapters.redis_client import ScriptCall, StoreCalls, StoreObserver, evalsha_each
-from adapters.redis_history import history_key
+from adapters.redis_history import beside, history_key
 from application.ports import Publication, Published, ReplyRead
 from domain.reply_events import ReplyEvent
 from domain.session import SessionKey
@@ -80,15 +80,12 @@ class RedisReplyLog:
         self._publish_sha = client.register_script(_PUBLISH).sha
         self._request_stop = client.register_script(_REQUEST_STOP)
 
-    def _tag(self, key: SessionKey) -> str:
-        return "{" + history_key(self._prefix, key) + "}"
-
     def _keys(self, key: SessionKey, reply_id: str) -> tuple[str, str, str]:
-        stream = f"{self._tag(key)}:reply:{reply_id}"
+        stream = beside(history_key(self._prefix, key), f"reply:{reply_id}")
         return stream, f"{stream}:lease", f"{stream}:stop"
 
     def _latest_key(self, key: SessionKey) -> str:
-        return f"{self._tag(key)}:latest-reply"
+        return beside(history_key(self._prefix, key), "latest-reply")
 
     async def publish(self, batch: Sequence[Publication]) -> list[Published]:
         """One round trip for the whole batch (evalsha_each); a second for the replies the
