@@ -32,7 +32,8 @@ class _SeriesOnce(PrometheusMiddleware):
         self._in_progress: dict[tuple[str, str], Any] = {}
 
     def _labels(self, method: str, path: str, status: int) -> dict[str, str | int | float]:
-        return {"method": method, "path": path, "status_code": status, "app_name": "chat"}
+        app_name = self._config.app_name
+        return {"method": method, "path": path, "status_code": status, "app_name": app_name}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method: str = scope["method"] if scope["type"] == ScopeType.HTTP else scope["type"]
