@@ -23,6 +23,7 @@ from tests.support.redis_sentinel import RedisSentinel
 from tests.support.redis_tls import (
     CLUSTER_CLIENT_COMMANDS,
     SERVICE_COMMANDS,
+    Certificates,
     RedisTLSServer,
     create_user,
     make_certificates,
@@ -67,6 +68,15 @@ def every_path(service: Service, tag: str) -> None:
         service.expect(client.get(f"/chat/{session}"), 404)
 
 
+def tls_files(certificates: Certificates) -> dict[str, str]:
+    """The [redis] keys that give the service the CA and its client certificate."""
+    return {
+        "tls_ca_file": str(certificates.ca),
+        "tls_cert_file": str(certificates.client_cert),
+        "tls_key_file": str(certificates.client_key),
+    }
+
+
 def config(url: str, **redis: str) -> dict[str, Any]:
     return {
         "redis": {"url": url, **redis},
@@ -78,15 +88,7 @@ def config(url: str, **redis: str) -> dict[str, Any]:
 def test_tls_with_a_client_certificate_and_an_acl_user_serves_every_path(
     module_launch: ServiceLauncher, tls_server: RedisTLSServer
 ) -> None:
-    files = tls_server.certificates
-    service = module_launch(
-        config(
-            tls_server.url,
-            tls_ca_file=str(files.ca),
-            tls_cert_file=str(files.client_cert),
-            tls_key_file=str(files.client_key),
-        )
-    )
+    service = module_launch(config(tls_server.url, **tls_files(tls_server.certificates)))
     ready = service.expect(service.client().get("/ready"), 200)
     assert ready["store"] == f"redis at 127.0.0.1:{tls_server.port}"
     every_path(service, "tls")
@@ -325,14 +327,7 @@ def test_tls_in_every_mode(
     harness = RedisSentinel if topology == "sentinel" else RedisCluster
     with harness(tmp_path / topology, certificates=files) as nodes:
         assert nodes.url.startswith("rediss+")
-        service = launch(
-            config(
-                nodes.url,
-                tls_ca_file=str(files.ca),
-                tls_cert_file=str(files.client_cert),
-                tls_key_file=str(files.client_key),
-            )
-        )
+        service = launch(config(nodes.url, **tls_files(files)))
         every_path(service, f"tls-{topology}")
 
 
