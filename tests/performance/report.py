@@ -24,14 +24,26 @@ def targets(results: dict[str, Any]) -> list[Target]:
     found: list[Target] = []
     if "s1" in s:
         s1 = s["s1"]
-        over_proxy = s1["chat_over_proxy"]
+        over_bare = s1["chat_over_bare"]
+        rounds = " / ".join(_ratio(r["chat_over_bare"]) for r in s1["rounds"])
         found += [
             Target(
                 "S1",
-                "/chat/ req/s over bare proxy req/s",
-                _ratio(over_proxy),
-                ">= 0.60x",
-                over_proxy is not None and over_proxy >= 0.6,
+                f"/chat/ req/s over /bench/bare req/s, median of {len(s1['rounds'])} rounds' "
+                f"ratios ({rounds})",
+                _ratio(over_bare),
+                ">= 0.80x",
+                over_bare is not None and over_bare >= 0.8,
+            ),
+            Target(
+                "S1",
+                "/chat/ over /bench/bare, ratio of the medians",
+                _ratio(s1["chat_over_bare_of_medians"]),
+                "-",
+                None,
+            ),
+            Target(
+                "S1", "/chat/ req/s over bare proxy req/s", _ratio(s1["chat_over_proxy"]), "-", None
             ),
             Target("S1", "/chat/ req/s over no-op req/s", _ratio(s1["chat_over_noop"]), "-", None),
         ]
@@ -65,6 +77,42 @@ def targets(results: dict[str, Any]) -> list[Target]:
             ),
             Target("S3", "errors", str(s3["errors"]), "0", s3["errors"] == 0),
             Target("S3", "p99 latency", f"{s3['run']['p99_ms']:.0f} ms", "-", None),
+        ]
+    if "s3b" in s:
+        s3b = s["s3b"]
+        many, one = s3b["runs"][str(s3b["workers"])], s3b["runs"]["1"]
+        scaling = s3b["workers_over_one"]
+        found += [
+            Target(
+                "S3b",
+                f"{s3b['workers']} workers: throughput over ideal {s3b['ideal_rps']:g} req/s",
+                f"{many['throughput_over_ideal']:.2f}x ({many['steady_rps']:.0f} req/s)",
+                ">= 0.90x",
+                many["throughput_over_ideal"] >= 0.9,
+            ),
+            Target(
+                "S3b",
+                f"{s3b['workers']} workers: total RSS at the end / peak "
+                f"({many['service_processes']} processes)",
+                f"{many['service_rss_end_mib']:.0f} / {many['service_peak_rss_mib']:.0f} MiB",
+                "-",
+                None,
+            ),
+            Target(
+                "S3b",
+                f"{s3b['workers']} workers over 1 worker, steady req/s "
+                f"({many['steady_rps']:.0f} / {one['steady_rps']:.0f})",
+                _ratio(scaling),
+                ">= 1.70x",
+                scaling is not None and scaling >= 1.7,
+            ),
+            Target(
+                "S3b",
+                "errors (both runs)",
+                str(many["errors"] + one["errors"]),
+                "-",
+                None,
+            ),
         ]
     if "s4" in s:
         trips = {k: v["redis_round_trips_per_request"] for k, v in s["s4"]["lengths"].items()}
@@ -175,12 +223,16 @@ def _run_row(scenario: str, name: str, run: dict[str, Any], note: str = "") -> s
 
 def _s1_rows(s1: dict[str, Any]) -> list[str]:
     runs, where = s1["runs"], f"S1 ({s1['connections']} conns)"
-    rows = []
-    for name, label in (("chat", "POST /chat/"), ("proxy", "POST /bench/proxy")):
+    rows, median = [], f"median of {len(s1['rounds'])} rounds; "
+    for name, label in (
+        ("chat", "POST /chat/"),
+        ("bare", "POST /bench/bare"),
+        ("proxy", "POST /bench/proxy"),
+    ):
         note = f"{runs[name]['provider_body_bytes_per_request']:,.0f} B to provider/request"
         if name == "chat":
             note = f"{s1['sessions']} sessions x {s1['history_messages']} msgs; " + note
-        rows.append(_run_row(where, label, runs[name], note))
+        rows.append(_run_row(where, label, runs[name], (median if name != "proxy" else "") + note))
     rows.append(_run_row(where, "POST /bench/noop", runs["noop"]))
     rows.append(_run_row(where, "stub direct", runs["stub"], "the generator's ceiling"))
     return rows
@@ -268,7 +320,7 @@ def render(results: dict[str, Any]) -> str:
         f"{meta['service_cpus']}; load average before {load}; generator: {meta['generator']}"
         f"; {meta['plan']['duration']:g} s per run",
     ]
-    if set(s) & {"s1", "s2", "s3", "s4"}:
+    if set(s) & {"s1", "s2", "s3", "s3b", "s4"}:
         lines += [
             "",
             _row(["scenario", "run", "req/s", "p50 ms", "p99 ms", "CPU ms/req", "errors", "notes"]),
@@ -298,6 +350,21 @@ def render(results: dict[str, Any]) -> str:
                 f"peak RSS {s3['service_peak_rss_mib']:.0f} MiB",
             )
         )
+    if "s3b" in s:
+        s3b = s["s3b"]
+        for workers, run in s3b["runs"].items():
+            lines.append(
+                _run_row(
+                    f"S3b ({s3b['clients']} clients)",
+                    f"POST /chat/, {workers} worker{'s' if workers != '1' else ''}, provider "
+                    f"{s3b['provider_delay_s']:g} s",
+                    dict(run["run"], rps=run["steady_rps"]),
+                    f"steady-state req/s (ideal {s3b['ideal_rps']:g}); every CPU; total RSS "
+                    f"end {run['service_rss_end_mib']:.0f} MiB, peak "
+                    f"{run['service_peak_rss_mib']:.0f} MiB ({run['service_processes']} "
+                    "processes)",
+                )
+            )
     for length, entry in s.get("s4", {}).get("lengths", {}).items():
         lines.append(
             _run_row(
@@ -321,7 +388,16 @@ def render(results: dict[str, Any]) -> str:
     if "s6" in s:
         lines += [*_s6_lines(s["s6"]), ""]
     if "s1" in s:
-        runs = s["s1"]["runs"]
+        s1, runs = s["s1"], s["s1"]["runs"]
+        per_round = "; ".join(
+            f"{n}: /chat/ {r['chat']['rps']:,.0f}, bare {r['bare']['rps']:,.0f} "
+            f"({_ratio(r['chat_over_bare'])})"
+            for n, r in enumerate(s1["rounds"], 1)
+        )
+        lines.append(
+            f"S1 rounds (/chat/ then /bench/bare, req/s): {per_round}. Target: the median of "
+            f"the rounds' ratios, {_ratio(s1['chat_over_bare'])}."
+        )
         lines.append(
             f"Load generator check: no-op {runs['noop']['rps']:,.0f} req/s and stub direct "
             f"{runs['stub']['rps']:,.0f} req/s against /chat/ {runs['chat']['rps']:,.0f} req/s."
@@ -336,7 +412,7 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             _row([target.scenario, target.measure, target.value, target.goal, marks[target.met]])
         )
-    wrk_ran = bool(set(s) & {"s1", "s2", "s3", "s4"})
+    wrk_ran = bool(set(s) & {"s1", "s2", "s3", "s3b", "s4"})
     if meta["mode"] != "full" or ("NOT wrk" in meta["generator"] and wrk_ran):
         lines += ["", "(smoke run: the numbers only show that the harness works)"]
     return "\n".join(lines)
@@ -365,9 +441,9 @@ def chart(results: dict[str, Any], path: Path) -> None:
     if "s1" in s:
         panels.append(
             (
-                f"S1 overhead ({s['s1']['connections']} conns)",
-                ["/chat/", "proxy", "no-op", "stub"],
-                [s["s1"]["runs"][k] for k in ("chat", "proxy", "noop", "stub")],
+                f"S1 overhead ({s['s1']['connections']} conns; medians)",
+                ["/chat/", "bare", "proxy", "no-op", "stub"],
+                [s["s1"]["runs"][k] for k in ("chat", "bare", "proxy", "noop", "stub")],
                 "requests/s",
             )
         )
@@ -385,6 +461,21 @@ def chart(results: dict[str, Any], path: Path) -> None:
                 [
                     dict(s3["run"], rps=s3["steady_rps"]),
                     {"rps": s3["ideal_rps"], "p50_ms": ms, "p99_ms": ms},
+                ],
+                "requests/s",
+            )
+        )
+    if "s3b" in s:
+        s3b, ms = s["s3b"], 1000 * s["s3b"]["provider_delay_s"]
+        many, one = s3b["runs"][str(s3b["workers"])], s3b["runs"]["1"]
+        panels.append(
+            (
+                f"S3b provider {s3b['provider_delay_s']:g} s, {s3b['clients']} clients",
+                [f"{s3b['workers']} workers", "1 worker", "ideal"],
+                [
+                    dict(many["run"], rps=many["steady_rps"]),
+                    dict(one["run"], rps=one["steady_rps"]),
+                    {"rps": s3b["ideal_rps"], "p50_ms": ms, "p99_ms": ms},
                 ],
                 "requests/s",
             )
@@ -419,7 +510,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
                 "tokens/s",
             )
         )
-    columns = len(panels) + ("s5" in s)
+    ratios = _target_ratios(s)
+    columns = len(panels) + ("s5" in s) + bool(ratios)
     figure, axes = plt.subplots(
         2,
         max(columns, 1),
@@ -427,7 +519,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
         constrained_layout=True,
         squeeze=False,
     )
-    colors = ["#3b75af", "#ef8636", "#519e3e", "#8d69b8"]
+    colors = ["#3b75af", "#ef8636", "#519e3e", "#8d69b8", "#999999"]
     for column, (title, labels, runs, unit) in enumerate(panels):
         top, bottom = axes[0][column], axes[1][column]
         rps = [r["rps"] for r in runs]
@@ -448,6 +540,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
         bottom.legend(fontsize=8)
         _log_if_wide(top, rps)
         _log_if_wide(bottom, p50 + p99)
+    if ratios:
+        _ratio_panel(axes[0][len(panels)], axes[1][len(panels)], ratios, s)
     if "s5" in s:
         s5 = s["s5"]
         top, bottom = axes[0][-1], axes[1][-1]
@@ -472,6 +566,56 @@ def chart(results: dict[str, Any], path: Path) -> None:
     )
     figure.savefig(path, dpi=80)
     plt.close(figure)
+
+
+def _target_ratios(s: dict[str, Any]) -> list[tuple[str, float, float]]:
+    """The issue's ratio targets: (label, measured, target)."""
+    found = []
+    if "s1" in s and s["s1"]["chat_over_bare"] is not None:
+        found.append(("S1 /chat/\nover bare", s["s1"]["chat_over_bare"], 0.8))
+    if "s3" in s:
+        found.append(("S3 over\nideal", s["s3"]["throughput_over_ideal"], 0.9))
+    if "s3b" in s:
+        s3b = s["s3b"]
+        found.append(("S3b over\nideal", s3b["throughput_over_ideal"], 0.9))
+        if s3b["workers_over_one"] is not None:
+            found.append((f"{s3b['workers']} workers\nover 1", s3b["workers_over_one"], 1.7))
+    if "s6" in s:
+        found.append(("S6 over\nideal", s["s6"]["relayed_over_ideal"], 0.9))
+    return found
+
+
+def _ratio_panel(
+    top: Any, bottom: Any, ratios: list[tuple[str, float, float]], s: dict[str, Any]
+) -> None:
+    """Top: each ratio target, measured (bar) against its goal (black tick). Bottom: S3b's
+    total RSS, or nothing."""
+    labels = [label for label, _, _ in ratios]
+    measured = [value for _, value, _ in ratios]
+    colors = ["#519e3e" if value >= goal else "#d0605e" for _, value, goal in ratios]
+    bars = top.bar(labels, measured, color=colors)
+    top.bar_label(bars, labels=[f"{v:.2f}x" for v in measured], fontsize=8)
+    top.scatter(labels, [goal for _, _, goal in ratios], marker="_", s=600, color="black")
+    top.set_title("ratio targets (black: goal)", fontsize=10)
+    top.set_ylabel("ratio")
+    top.tick_params(axis="x", labelsize=7)
+    if "s3b" not in s:
+        bottom.set_axis_off()
+        return
+    s3b = s["s3b"]
+    names, end, peak = [], [], []
+    for workers, run in s3b["runs"].items():
+        names.append(f"{workers} worker{'s' if workers != '1' else ''}")
+        end.append(run["service_rss_end_mib"])
+        peak.append(run["service_peak_rss_mib"])
+    xs, width = range(len(names)), 0.38
+    b_end = bottom.bar([x - width / 2 for x in xs], end, width, label="end", color="#7fa7d0")
+    b_peak = bottom.bar([x + width / 2 for x in xs], peak, width, label="peak", color="#d0605e")
+    bottom.bar_label(b_end, labels=[f"{v:.0f}" for v in end], fontsize=7)
+    bottom.bar_label(b_peak, labels=[f"{v:.0f}" for v in peak], fontsize=7)
+    bottom.set_xticks(list(xs), names)
+    bottom.set_ylabel("S3b service total RSS, MiB")
+    bottom.legend(fontsize=8)
 
 
 def write(results: dict[str, Any], text: str, out: Path) -> list[Path]:

@@ -62,6 +62,7 @@ class StreamLoad:
     message: str = "Tell me a story."  # chat bodies' message
     token: str = SERVICE_TOKEN.decode()
     end: str = SERVICE_END.decode()
+    bearer: str = ""  # sent as `Authorization: Bearer <bearer>` when set
     timeout: float = 60.0  # per stream
     cpus: tuple[int, ...] = ()  # pin the generator to these CPUs
     cpu_pids: dict[str, int] = field(default_factory=dict)
@@ -187,11 +188,12 @@ class _Connection(asyncio.Protocol):
             self.close()
 
 
-def _request(host: str, path: str, body: bytes) -> bytes:
+def _request(host: str, path: str, body: bytes, bearer: str) -> bytes:
+    auth = b"authorization: Bearer %s\r\n" % bearer.encode() if bearer else b""
     return (
         b"POST %s HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
-        b"accept: text/event-stream\r\ncontent-length: %d\r\n\r\n%s"
-        % (path.encode(), host.encode(), len(body), body)
+        b"accept: text/event-stream\r\n%scontent-length: %d\r\n\r\n%s"
+        % (path.encode(), host.encode(), auth, len(body), body)
     )
 
 
@@ -200,7 +202,7 @@ async def generate(load: StreamLoad) -> dict[str, Any]:
     parts = urlsplit(load.url)
     host, port, path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
     token, end = load.token.encode(), load.end.encode()
-    fixed = None if load.body is None else _request(host, path, load.body.encode())
+    fixed = None if load.body is None else _request(host, path, load.body.encode(), load.bearer)
     question = json.dumps(load.message).encode()
     numbers = itertools.count()
     totals = _Totals()
@@ -229,7 +231,7 @@ async def generate(load: StreamLoad) -> dict[str, Any]:
         if fixed is not None:
             return fixed, True
         body = b'{"session_id":"%s%d","message":%s}' % (load.prefix.encode(), n, question)
-        return _request(host, path, body), True
+        return _request(host, path, body, load.bearer), True
 
     async def client(rng: random.Random) -> None:
         if load.stagger:

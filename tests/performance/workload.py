@@ -13,12 +13,16 @@ from datetime import UTC, datetime, timedelta
 
 from adapters.redis_history import RedisHistory
 from domain.message import Message
-from domain.session import PUBLIC_NAMESPACE, SessionKey
+from domain.session import SessionKey, namespace_for
 from tests.performance.provider_stub import ANSWER
 
 # What every benchmark request asks (and every seeded question says): a short chat message.
 USER_TEXT = "How much time does the service add around the provider call? Just curious."
 ASSISTANT_TEXT = ANSWER  # the stand-in's reply, so seeded histories look grown via /chat/
+# The service runs with auth on and this one token, which every generator sends; the
+# seeded sessions are its namespace's, so /chat/ and the /bench/ routes read the same ones.
+BENCH_TOKEN = "bench-token"
+BENCH_NAMESPACE = namespace_for(BENCH_TOKEN)
 
 
 def session_ids(prefix: str, count: int) -> list[str]:
@@ -37,6 +41,7 @@ async def seed(
     *,
     texts: tuple[str, str] = (USER_TEXT, ASSISTANT_TEXT),
     concurrency: int = 64,
+    namespace: str = BENCH_NAMESPACE,
 ) -> int:
     """Give each session exactly `messages` messages (an even number), written as production
     writes them: RedisHistory.append_exchange, one question and its reply per call.
@@ -55,7 +60,7 @@ async def seed(
             tick = next(clock)
             question = Message("user", texts[0], start + timedelta(microseconds=2 * tick))
             answer = Message("assistant", texts[1], start + timedelta(microseconds=2 * tick + 1))
-            await history.append_exchange(SessionKey(PUBLIC_NAMESPACE, sid), question, answer)
+            await history.append_exchange(SessionKey(namespace, sid), question, answer)
             written += 1
         return written
 

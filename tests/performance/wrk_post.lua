@@ -4,6 +4,7 @@
 --                   0..BENCH_SESSIONS-1 (each thread its own residue class), or a new n for
 --                   every request when BENCH_SESSIONS=0 (a session with no history).
 -- BENCH_MODE=fixed: POST the bytes of BENCH_BODY_FILE (a provider request, sent to the stub).
+-- BENCH_TOKEN    : sent as `Authorization: Bearer <token>` (the service's auth is on).
 -- BENCH_STAGGER_MS: the first request of each connection waits a random 0..N ms, so that the
 --                   clients of a slow provider do not all answer in lock-step waves.
 -- done() prints one line, BENCH_RESULT {json}, that loadgen.py parses.
@@ -24,6 +25,10 @@ end
 
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+local token = os.getenv("BENCH_TOKEN") or ""
+if token ~= "" then
+  wrk.headers["Authorization"] = "Bearer " .. token
+end
 
 if mode == "fixed" then
   local file = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
