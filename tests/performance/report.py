@@ -108,8 +108,8 @@ def targets(results: dict[str, Any]) -> list[Target]:
             ),
             Target(
                 "S3b",
-                "errors (both runs)",
-                str(many["errors"] + one["errors"]),
+                f"errors, {s3b['workers']} workers / 1 worker",
+                f"{many['errors']} / {one['errors']}",
                 "-",
                 None,
             ),
@@ -361,8 +361,8 @@ def render(results: dict[str, Any]) -> str:
                     dict(run["run"], rps=run["steady_rps"]),
                     f"steady-state req/s (ideal {s3b['ideal_rps']:g}); every CPU; total RSS "
                     f"end {run['service_rss_end_mib']:.0f} MiB, peak "
-                    f"{run['service_peak_rss_mib']:.0f} MiB ({run['service_processes']} "
-                    "processes)",
+                    f"{run['service_peak_rss_mib']:.0f} MiB over {run['service_processes']} "
+                    "process(es)",
                 )
             )
     for length, entry in s.get("s4", {}).get("lengths", {}).items():
