@@ -7,9 +7,9 @@ CHAT_* variables), then adds, on this app only:
 - POST /bench/bare: the same job as POST /chat/ written bare, the main reference. A Litestar
   app of its own with this one route, reached before the service's middleware (so no auth,
   metrics or request log): decode {session_id, message}, one LRANGE of the history key the
-  service uses (in the namespace of the first [auth] token, the bench's), the
-  OpenAI request posted with a raw aiohttp.ClientSession, one MULTI (RPUSH question and
-  answer as the service encodes them, LTRIM, EXPIRE). No idempotency, no retries.
+  service uses (in the namespace of the first [auth] token, the bench's), the OpenAI request
+  posted with a raw aiohttp.ClientSession, one MULTI (RPUSH question and answer as the
+  service encodes them, LTRIM, EXPIRE). No idempotency, no retries.
 - POST /bench/noop: answers a constant; what the framework and uvicorn cost by themselves.
 - POST /bench/proxy: the same body parsing and checks as POST /chat/, then the same provider
   call through the container's own language model (so the same pooled httpx client), with a
