@@ -138,7 +138,7 @@ def bare_app(settings: Settings, namespace: str) -> Litestar:
     async def bare(request: Request[Any, Any, Any]) -> Response[bytes]:
         data = _decode_request(await request.body())
         key = history_key(prefix, SessionKey(namespace, data.session_id))
-        stored = await redis().lrange(key, -max_messages, -1)
+        stored: list[bytes] = await redis().lrange(key, -max_messages, -1)  # type: ignore[assignment]
         history = [_decode_stored(entry) for entry in stored]
         body = CompletionRequest(
             llm.model,
