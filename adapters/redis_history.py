@@ -96,9 +96,10 @@ return 0
 """
 
 
-class _Entry(msgspec.Struct, frozen=True, array_like=True):
+class _Entry(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """A stored message: [role, content, created_at], and the model for a reply that names
-    it. Entries written before replies named their model have three items, and still read."""
+    it. Entries written before replies named their model have three items, and still read.
+    Untracked by the cycle collector, as domain.message.Message is."""
 
     role: Role
     content: str

@@ -10,7 +10,10 @@ from domain.errors import InvalidMessage
 Role = Literal["user", "assistant"]
 
 
-class Message(msgspec.Struct, frozen=True, omit_defaults=True):
+class Message(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """Untracked by the cycle collector (it holds only strings and a datetime, so it can be
+    in no cycle): a turn loads a whole history of them."""
+
     role: Role
     content: str
     created_at: datetime

@@ -17,7 +17,7 @@ API_VERSION = "2023-06-01"
 _RETRYABLE = frozenset({"overloaded_error", "rate_limit_error", "api_error"})
 
 
-class _Message(msgspec.Struct):
+class _Message(msgspec.Struct, gc=False):  # untracked, as domain.message.Message is
     role: str
     content: str
 

@@ -28,7 +28,7 @@ _RETRYABLE = frozenset(
 )  # fmt: skip
 
 
-class _Message(msgspec.Struct):
+class _Message(msgspec.Struct, gc=False):  # untracked, as domain.message.Message is
     role: str
     content: str
 
