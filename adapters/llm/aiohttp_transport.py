@@ -103,7 +103,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise _as_httpx(error) from error
         return httpx.Response(
             response.status,
-            headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in response.raw_headers],
+            headers=response.raw_headers,
             stream=_Body(response),
             request=request,
         )

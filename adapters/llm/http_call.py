@@ -103,7 +103,10 @@ class ProviderEndpoint:
         self._transport = transport
         self._url = url
         self._stream_url = stream_url or url
-        self._headers = {"content-type": "application/json", **headers}
+        # Parsed once, not per request: httpx.Request re-parses a str URL and a dict of headers.
+        self._urls = {url: httpx.URL(url), self._stream_url: httpx.URL(self._stream_url)}
+        self._headers = httpx.Headers({"content-type": "application/json", **headers})
+        self._stream_headers = httpx.Headers({**self._headers, "accept": "text/event-stream"})
         self._policy = policy
         self._provider = provider
         self._model = model
@@ -272,10 +275,14 @@ class ProviderEndpoint:
                 silence.close()
 
     async def _send(self, url: str, body: bytes, *, stream: bool = False) -> httpx.Response:
-        headers = {**self._headers, "accept": "text/event-stream"} if stream else self._headers
+        request = httpx.Request(
+            "POST",
+            self._urls[url],
+            content=body,
+            headers=self._stream_headers if stream else self._headers,
+        )
         if (request_id := REQUEST_ID.get()) is not None:
-            headers = {**headers, "x-request-id": request_id}
-        request = httpx.Request("POST", url, content=body, headers=headers)
+            request.headers["x-request-id"] = request_id
         return await self._transport.handle_async_request(request)
 
     async def _refusal(self, response: httpx.Response, url: str) -> ProviderRefused | _Again:
