@@ -28,8 +28,9 @@ class StoreCall:
     """`async with StoreCall("the history store is unavailable"):` around Redis calls.
 
     Any Redis error, or no answer within the timeout, leaves as HistoryUnavailable with that
-    text. One asyncio deadline per call rather than redis-py's socket timeouts: those cost a
-    task per command sent (asyncio.wait_for), much of redis-py's CPU per command. A call
+    text. One asyncio deadline per call rather than redis-py's socket timeouts (5 s by default
+    since redis-py 8, turned off by connect()): those cost a task per command sent
+    (asyncio.wait_for) and a second timer per reply read. A call
     cut off mid-command is safe: redis-py drops a connection whose command was cancelled.
     `observe`, if given, is told how the call went under its `operation` name.
     """
@@ -146,6 +147,62 @@ def _reset_aware(base: type[AbstractConnection]) -> type[AbstractConnection]:
     return type(f"ResetAware{base.__name__}", (_ResetAware, base), {})
 
 
+class _Lean(ConnectionPool):
+    """redis-py's pool (of whichever kind the URL chose) without the work it does around
+    every command that this service never uses: observability recorders (off here), the
+    check for get_connection's deprecated arguments, an event on each release (no listeners),
+    and a lock around list operations that do not await. What makes a pooled connection
+    safe to hand out is kept: one still connected and with nothing left unread, else
+    redis-py's own checks (reconnecting it).
+
+    At its cap a command waits for a connection to come back (within StoreCall's deadline)
+    instead of failing at once, as redis-py's pool does: under a burst that is a short wait,
+    not a 503 that the client retries at once."""
+
+    _freed: asyncio.Condition | None = None
+    _waiting = 0
+
+    def _has_room(self) -> bool:
+        return bool(self._available_connections) or (
+            len(self._in_use_connections) < self.max_connections
+        )
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
+        if not self._has_room():
+            await self._room()
+        connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
+        try:
+            if not connection.is_connected or await connection.can_read():
+                await self.ensure_connection(connection)
+        except BaseException:
+            await self.release(connection)
+            raise
+        return connection
+
+    async def _room(self) -> None:
+        self._freed = self._freed or asyncio.Condition()
+        self._waiting += 1
+        try:
+            async with self._freed:
+                await self._freed.wait_for(self._has_room)
+        finally:
+            self._waiting -= 1
+
+    async def release(self, connection: AbstractConnection) -> None:
+        self._in_use_connections.remove(connection)
+        if connection.should_reconnect():  # type: ignore[no-untyped-call]
+            await connection.disconnect()
+        self._available_connections.append(connection)
+        if self._waiting and self._freed is not None:
+            async with self._freed:
+                self._freed.notify()
+
+
+def _lean(pool: ConnectionPool) -> None:
+    base = type(pool)
+    pool.__class__ = type(f"Lean{base.__name__}", (_Lean, base), {})
+
+
 class TlsFiles(NamedTuple):
     """For a TLS url: the CA that signed the servers' certificates (empty: the system's), and
     a client certificate and key for servers that ask for one."""
@@ -174,6 +231,7 @@ def _cluster(address: RedisAddress, options: dict[str, Any], tls: dict[str, Any]
         ssl=address.tls,
         max_connections=options["max_connections"],
         socket_connect_timeout=options["socket_connect_timeout"],
+        socket_timeout=options["socket_timeout"],
         retry=options["retry"],
         health_check_interval=options["health_check_interval"],
         **tls,
@@ -217,6 +275,7 @@ def connect(
     options: dict[str, Any] = {
         "max_connections": max_connections,
         "socket_connect_timeout": TIMEOUT_SECONDS,
+        "socket_timeout": None,  # StoreCall's deadline bounds each call instead (its docstring)
         "retry": Retry(
             ExponentialWithJitterBackoff(base=0.05, cap=0.5),
             retries,
@@ -250,4 +309,5 @@ def connect(
     pool = client.connection_pool  # the client owns the pool: aclose() closes it
     base = pool.connection_class  # TCP, TLS, unix socket or sentinel-managed, as the URL says
     pool.connection_class = _reset_aware(base)
+    _lean(pool)
     return client
