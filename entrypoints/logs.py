@@ -88,6 +88,10 @@ def configure_logging(settings: "LogSettings | None" = None) -> None:
     handler already on the root logger (pytest's) is left alone, and gets no second one."""
     json_lines = settings is not None and settings.format == "json"
     level = logging.getLevelName((settings.level if settings else "info").upper())
+    # What no line of ours shows is not gathered for each record either (the caller's file
+    # and line, thread and process names): the logging HOWTO's "Optimization".
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     root = logging.getLogger()
     handler = next((h for h in root.handlers if isinstance(h, _ServiceHandler)), None)
     if handler is None and not root.handlers:
