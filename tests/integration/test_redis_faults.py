@@ -1,11 +1,11 @@
 """The Redis history under network faults, through a TCP proxy to a real redis-server.
 
-The client is the service's own (adapters.redis_client.connect: retries on connection
-errors), each call bounded by StoreCall's 2 s deadline. What must hold: a stalled or slow Redis fails each call with
-HistoryUnavailable within seconds; a command cancelled or timed out mid-flight never leaves
-its reply to be read as the answer to the next command on the pool (the redis-py bug class of
-CVE-2023-28858/28859); a reset connection never splits an exchange, and is replaced by a
-fresh one on every event loop the service runs on (uvicorn picks uvloop when installed).
+The client is the service's own (adapters.redis_client.connect: retries on connection errors),
+each call bounded by StoreCall's 2 s deadline. What must hold: a stalled or slow Redis fails
+each call with HistoryUnavailable within seconds; a command cancelled or timed out mid-flight
+never leaves its reply to be read as the answer to the next command on the pool (the redis-py
+bug class of CVE-2023-28858/28859); a reset connection never splits an exchange, and is replaced
+by a fresh one on every event loop the service runs on (uvicorn picks uvloop when installed).
 """
 
 import asyncio
