@@ -19,6 +19,9 @@ from adapters.redis_address import RedisAddress, parse_redis_url
 from application.errors import HistoryUnavailable
 
 TIMEOUT_SECONDS = 2.0
+# A deadline checked this late means the event loop is behind, not that Redis is silent.
+BUSY_LOOP_SECONDS = 0.05
+BUSY_LOOP_EXTENSIONS = 4
 
 # Told of each store call as it ends: its operation, its seconds, whether it failed.
 StoreObserver = Callable[[str, float, bool], None]
@@ -30,12 +33,28 @@ class StoreCall:
     Any Redis error, or no answer within the timeout, leaves as HistoryUnavailable with that
     text. One asyncio deadline per call rather than redis-py's socket timeouts (5 s by default
     since redis-py 8, turned off by connect()): those cost a task per command sent
-    (asyncio.wait_for) and a second timer per reply read. A call
-    cut off mid-command is safe: redis-py drops a connection whose command was cancelled.
-    `observe`, if given, is told how the call went under its `operation` name.
+    (asyncio.wait_for) and a second timer per reply read. A call cut off mid-command is safe:
+    redis-py drops a connection whose command was cancelled. `observe`, if given, is told
+    how the call went under its `operation` name.
+
+    The deadline is Redis's, not this process's: when it comes while the event loop runs
+    over BUSY_LOOP_SECONDS late (more requests than a worker's CPU serves), the answer may
+    be waiting unread, so the call gets the timeout again, up to BUSY_LOOP_EXTENSIONS times.
+    Otherwise an overloaded worker fails its requests with 503s that clients send again at
+    once, and serves none.
     """
 
-    __slots__ = ("_observe", "_operation", "_seconds", "_started", "_timeout", "_what")
+    __slots__ = (
+        "_check",
+        "_deadline",
+        "_extensions",
+        "_observe",
+        "_operation",
+        "_seconds",
+        "_started",
+        "_timeout",
+        "_what",
+    )
 
     def __init__(
         self,
@@ -52,8 +71,37 @@ class StoreCall:
 
     async def __aenter__(self) -> None:
         self._started = time.perf_counter()
-        self._timeout = asyncio.timeout(self._seconds)
+        self._timeout = asyncio.timeout(None)
         await self._timeout.__aenter__()
+        loop = asyncio.get_running_loop()
+        self._extensions = 0
+        self._deadline = loop.time() + self._seconds
+        self._check: asyncio.Handle = loop.call_at(self._deadline, self._expire)
+
+    def _expire(self) -> None:
+        """The deadline: late itself, or followed late by a callback asked for at once, it
+        finds the loop behind."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now - self._deadline > BUSY_LOOP_SECONDS:
+            self._extend(loop)
+        else:
+            self._check = loop.call_soon(self._probed, now)
+
+    def _probed(self, asked_at: float) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() - asked_at > BUSY_LOOP_SECONDS:
+            self._extend(loop)
+        else:
+            self._timeout.reschedule(loop.time())  # cancels the call, as a deadline does
+
+    def _extend(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._extensions >= BUSY_LOOP_EXTENSIONS:
+            self._timeout.reschedule(loop.time())
+            return
+        self._extensions += 1
+        self._deadline = loop.time() + self._seconds
+        self._check = loop.call_at(self._deadline, self._expire)
 
     async def __aexit__(
         self,
@@ -61,6 +109,7 @@ class StoreCall:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self._check.cancel()
         failed = isinstance(error, RedisError)
         try:
             await self._timeout.__aexit__(kind, error, traceback)
