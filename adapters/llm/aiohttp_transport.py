@@ -67,12 +67,22 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive_seconds = keepalive_seconds
         self._session: aiohttp.ClientSession | None = None
         self._proxies: dict[Origin, str | None] = {}
+        self._timeouts: dict[float | None, aiohttp.ClientTimeout] = {}
 
     def _proxy(self, url: httpx.URL) -> str | None:
         origin = (url.scheme, url.host, url.port)
         if origin not in self._proxies:
             self._proxies[origin] = environment_proxy(url)
         return self._proxies[origin]
+
+    def _timeout(self, connect: float | None) -> aiohttp.ClientTimeout:
+        """One per connect timeout, not per request: the deadlines that matter are the
+        caller's own (asyncio), around the whole attempt."""
+        if connect not in self._timeouts:
+            self._timeouts[connect] = aiohttp.ClientTimeout(
+                total=None, sock_connect=connect, sock_read=None
+            )
+        return self._timeouts[connect]
 
     def _open(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -95,9 +105,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=request.content or None,
                 allow_redirects=False,
                 proxy=self._proxy(request.url),
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=timeouts.get("connect"), sock_read=None
-                ),
+                timeout=self._timeout(timeouts.get("connect")),
             )
         except (aiohttp.ClientError, TimeoutError) as error:
             raise _as_httpx(error) from error
