@@ -94,7 +94,8 @@ class Plan:
     duration: float  # seconds per measured run
     warmup: float  # seconds of load before each measured run, not counted
     s1_sessions: int = 2000
-    s1_rounds: int = 3  # /chat/ and /bench/bare alternating, this many of each
+    s1_rounds: int = 6  # /chat/ and /bench/bare alternating, this many of each ...
+    s1_round_seconds: float = 5.0  # ... this long each: short, so that drift falls on both
     connections: int = 32  # S1 and S4
     max_messages: int = 50
     s3_clients: int = 500
@@ -373,12 +374,12 @@ class Run:
             f"{plan.s1_rounds} rounds of /chat/ and /bench/bare"
         )
 
-        async def measure(path: str, profile: str) -> dict[str, Any]:
+        async def measure(path: str, profile: str, seconds: float) -> dict[str, Any]:
             assert stub is not None
             load = Load(
                 f"{service.url}{path}",
                 plan.connections,
-                plan.duration,
+                seconds,
                 sessions=plan.s1_sessions,
                 prefix="s1-",
             )
@@ -390,16 +391,25 @@ class Run:
         rounds: list[dict[str, Any]] = []
         body = b""
         for n in range(1, plan.s1_rounds + 1):
-            chat = await measure("/chat/", f"s1-chat-{n}")
+            seconds = min(plan.s1_round_seconds, plan.duration)
+            chat = await measure("/chat/", f"s1-chat-{n}", seconds)
             body = body or await stub.last_body()  # the provider request /chat/ sends
-            bare = await measure("/bench/bare", f"s1-bare-{n}")
+            bare = await measure("/bench/bare", f"s1-bare-{n}", seconds)
             ratio = chat["rps"] / bare["rps"] if bare["rps"] else None
-            rounds.append({"chat": chat, "bare": bare, "chat_over_bare": ratio})
+            cpu = (chat.get("service_cpu_ms_per_request"), bare.get("service_cpu_ms_per_request"))
+            rounds.append(
+                {
+                    "chat": chat,
+                    "bare": bare,
+                    "chat_over_bare": ratio,
+                    "bare_cpu_over_chat_cpu": cpu[1] / cpu[0] if cpu[0] and cpu[1] else None,
+                }
+            )
         runs: dict[str, Any] = {
             name: _median_run([r[name] for r in rounds]) for name in ("chat", "bare")
         }
         for name, path in (("proxy", "/bench/proxy"), ("noop", "/bench/noop")):
-            runs[name] = await measure(path, f"s1-{name}")
+            runs[name] = await measure(path, f"s1-{name}", plan.duration)
         # The generator's ceiling: the very provider request /chat/ sends, straight to the stub.
         result = await self.measure(
             Load(stub.completions_url, plan.connections, plan.duration, body=body)
@@ -408,6 +418,7 @@ class Run:
         self.log(f"  stub direct: {_brief(result)}")
         chat, bare, proxy, noop = (runs[k]["rps"] for k in ("chat", "bare", "proxy", "noop"))
         ratios = [r["chat_over_bare"] for r in rounds if r["chat_over_bare"] is not None]
+        cpu_ratios = [r["bare_cpu_over_chat_cpu"] for r in rounds if r["bare_cpu_over_chat_cpu"]]
         return {
             "connections": plan.connections,
             "sessions": plan.s1_sessions,
@@ -416,6 +427,7 @@ class Run:
             "runs": runs,
             "chat_over_bare": statistics.median(ratios) if ratios else None,
             "chat_over_bare_of_medians": chat / bare if bare else None,
+            "bare_cpu_over_chat_cpu": statistics.median(cpu_ratios) if cpu_ratios else None,
             "chat_over_proxy": chat / proxy if proxy else None,
             "chat_over_noop": chat / noop if noop else None,
             "noop_over_chat": noop / chat if chat else None,

@@ -43,6 +43,14 @@ def targets(results: dict[str, Any]) -> list[Target]:
                 None,
             ),
             Target(
+                "S1",
+                "/bench/bare's service CPU per request over /chat/'s, median of the rounds (the "
+                "req/s ratio when the service's core is the limit)",
+                _ratio(s1.get("bare_cpu_over_chat_cpu")),
+                "-",
+                None,
+            ),
+            Target(
                 "S1", "/chat/ req/s over bare proxy req/s", _ratio(s1["chat_over_proxy"]), "-", None
             ),
             Target("S1", "/chat/ req/s over no-op req/s", _ratio(s1["chat_over_noop"]), "-", None),
