@@ -107,6 +107,7 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         try:
             yield
         finally:
+            gc.unfreeze()  # an app stopped in a process that goes on (tests) is collectable
             services.cleanup.shutdown()
             await services.stream_message.drain(_DRAIN_SECONDS)
             await services.models.close()
