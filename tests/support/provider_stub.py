@@ -398,7 +398,7 @@ def anthropic_stream(
     (output tokens), message_stop."""
     body = b""
     if start:
-        message = {
+        message: dict[str, object] = {
             "id": "msg_01StubStream",
             "type": "message",
             "role": "assistant",
