@@ -88,6 +88,11 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
         app.state.services = services
         if settings.cleanup.enabled:
             services.cleanup.start()
+        # What startup built (the app, its routes and schemas, the clients) lives as long as
+        # the process: out of the collector's sight, a full collection scans only what
+        # requests made, not all of it again.
+        gc.collect()
+        gc.freeze()
         log.info("ready: %s", describe(settings, services.store_location))
         # A store that did not answer the ping is not asked again for the lock: the notice is
         # said (in every worker) rather than the start delayed by a second timeout.
@@ -99,11 +104,6 @@ def create_app(settings: Settings, container: Container | None = None) -> Litest
                 "AUTH IS OFF: [auth] tokens is empty, so anyone who can reach this port can "
                 "read and write every session. Set tokens in config.ini or CHAT_AUTH_TOKENS."
             )
-        # What startup built (the app, its routes and schemas, the clients) lives as long as
-        # the process: out of the collector's sight, a full collection scans only what
-        # requests made, not all of it again.
-        gc.collect()
-        gc.freeze()
         try:
             yield
         finally:
