@@ -145,6 +145,7 @@ def test_however_the_service_ends_its_redis_server_ends_with_it_and_keeps_the_da
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(120)
 def test_sighup_to_plain_uvicorn_workers_replaces_them_on_the_same_server(start: Start) -> None:
     """Under uvicorn's own manager SIGHUP means "restart the workers": the manager owns the
     server, so the new workers find it, with its data, and nothing is left over."""
@@ -158,7 +159,8 @@ def test_sighup_to_plain_uvicorn_workers_replaces_them_on_the_same_server(start:
 
     manager.send_signal(signal.SIGHUP)
 
-    wait_until(lambda: not before & set(worker_pids(manager.pid)), 20, "workers replaced")
+    # One after the other, each a graceful stop: seconds alone, tens beside a loaded suite.
+    wait_until(lambda: not before & set(worker_pids(manager.pid)), 60, "workers replaced")
     ask(service, "hup", ["after"])
     assert asked(service, "hup") == ["before", "after"]
     assert redis_server_pids(service.data_dir) == [server]
