@@ -84,24 +84,22 @@ class StoreCall:
         loop = asyncio.get_running_loop()
         now = loop.time()
         if now - self._deadline > BUSY_LOOP_SECONDS:
-            self._extend(loop)
+            self._judge(loop, busy=True)
         else:
             self._check = loop.call_soon(self._probed, now)
 
     def _probed(self, asked_at: float) -> None:
         loop = asyncio.get_running_loop()
-        if loop.time() - asked_at > BUSY_LOOP_SECONDS:
-            self._extend(loop)
+        self._judge(loop, busy=loop.time() - asked_at > BUSY_LOOP_SECONDS)
+
+    def _judge(self, loop: asyncio.AbstractEventLoop, *, busy: bool) -> None:
+        """Another timeout while the loop is behind and extensions are left; else the end."""
+        if busy and self._extensions < BUSY_LOOP_EXTENSIONS:
+            self._extensions += 1
+            self._deadline = loop.time() + self._seconds
+            self._check = loop.call_at(self._deadline, self._expire)
         else:
             self._timeout.reschedule(loop.time())  # cancels the call, as a deadline does
-
-    def _extend(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._extensions >= BUSY_LOOP_EXTENSIONS:
-            self._timeout.reschedule(loop.time())
-            return
-        self._extensions += 1
-        self._deadline = loop.time() + self._seconds
-        self._check = loop.call_at(self._deadline, self._expire)
 
     async def __aexit__(
         self,
@@ -211,13 +209,8 @@ class _Lean(ConnectionPool):
     _freed: asyncio.Condition | None = None
     _waiting = 0
 
-    def _has_room(self) -> bool:
-        return bool(self._available_connections) or (
-            len(self._in_use_connections) < self.max_connections
-        )
-
     async def get_connection(self, *args: Any, **kwargs: Any) -> AbstractConnection:
-        if not self._has_room():
+        if not self.can_get_connection():
             await self._room()
         connection: AbstractConnection = self.get_available_connection()  # type: ignore[no-untyped-call]
         try:
@@ -233,7 +226,7 @@ class _Lean(ConnectionPool):
         self._waiting += 1
         try:
             async with self._freed:
-                await self._freed.wait_for(self._has_room)
+                await self._freed.wait_for(self.can_get_connection)
         finally:
             self._waiting -= 1
 
