@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.support.redis_server", "tests.support.provider_stub"]
+pytest_plugins = [
+    "tests.support.redis_server",
+    "tests.support.redis_tls",
+    "tests.support.redis_cluster",
+    "tests.support.redis_sentinel",
+    "tests.support.provider_stub",
+]
 
 _LAYERS = ("unit", "integration", "e2e")
 

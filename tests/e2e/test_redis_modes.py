@@ -9,7 +9,6 @@ import itertools
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +25,9 @@ from tests.support.redis_tls import (
     Certificates,
     RedisTLSServer,
     create_user,
-    make_certificates,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisTLSServer]:
-    certificates = make_certificates(tmp_path_factory.mktemp("tls"))
-    with RedisTLSServer(certificates, tmp_path_factory.mktemp("redis-tls")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def sentinel_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisSentinel]:
-    with RedisSentinel(tmp_path_factory.mktemp("redis-sentinel")) as sentinels:
-        yield sentinels
 
 
 def every_path(service: Service, tag: str) -> None:
@@ -86,20 +71,20 @@ def config(url: str, **redis: str) -> dict[str, Any]:
 
 
 def test_tls_with_a_client_certificate_and_an_acl_user_serves_every_path(
-    module_launch: ServiceLauncher, tls_server: RedisTLSServer
+    module_launch: ServiceLauncher, redis_tls: RedisTLSServer
 ) -> None:
-    service = module_launch(config(tls_server.url, **tls_files(tls_server.certificates)))
+    service = module_launch(config(redis_tls.url, **tls_files(redis_tls.certificates)))
     ready = service.expect(service.client().get("/ready"), 200)
-    assert ready["store"] == f"redis at 127.0.0.1:{tls_server.port}"
+    assert ready["store"] == f"redis at 127.0.0.1:{redis_tls.port}"
     every_path(service, "tls")
     assert "NOPERM" not in service.stderr()
-    assert tls_server.password not in service.stderr()
+    assert redis_tls.password not in service.stderr()
 
 
 def test_a_server_certificate_the_service_cannot_trust_is_a_store_unavailable(
-    module_launch: ServiceLauncher, tls_server: RedisTLSServer
+    module_launch: ServiceLauncher, redis_tls: RedisTLSServer
 ) -> None:
-    service = module_launch(config(tls_server.url))  # the system's CAs only
+    service = module_launch(config(redis_tls.url))  # the system's CAs only
     with service.client() as client:
         service.expect(client.get("/ready"), 503)
         refused = service.expect(client.post("/chat/", json=chat("", "hello")), 503)
@@ -107,9 +92,9 @@ def test_a_server_certificate_the_service_cannot_trust_is_a_store_unavailable(
 
 
 def test_the_primary_of_a_sentinel_set_serves_every_path(
-    module_launch: ServiceLauncher, sentinel_set: RedisSentinel
+    module_launch: ServiceLauncher, redis_sentinel: RedisSentinel
 ) -> None:
-    service = module_launch(config(sentinel_set.url))
+    service = module_launch(config(redis_sentinel.url))
     ready = service.expect(service.client().get("/ready"), 200)
     assert ready["store"].startswith("redis sentinel chat-primary via 127.0.0.1:")
     every_path(service, "sentinel")
@@ -226,11 +211,11 @@ def test_a_sentinel_failover_under_load_is_survived_without_a_restart(
 
 
 def test_two_services_on_one_sentinel_set_share_sessions_and_streams(
-    module_launch: ServiceLauncher, sentinel_set: RedisSentinel
+    module_launch: ServiceLauncher, redis_sentinel: RedisSentinel
 ) -> None:
     """Replicas of the service: a stream begun on one is re-attached to on the other, from
     the last event the client saw, and both show the same history."""
-    settings = config(sentinel_set.url)
+    settings = config(redis_sentinel.url)
     settings["llm"] = {"echo_word_seconds": "0.05"}  # a reply that lasts a while
     first, second = module_launch(settings), module_launch(settings)
     with first.client() as one, second.client() as other:
@@ -246,26 +231,20 @@ def test_two_services_on_one_sentinel_set_share_sessions_and_streams(
         assert [m["role"] for m in mine["messages"]] == ["user", "assistant"]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    with RedisCluster(tmp_path_factory.mktemp("redis-cluster")) as nodes:
-        yield nodes
-
-
 def test_a_redis_cluster_serves_every_path_with_sessions_on_every_primary(
-    module_launch: ServiceLauncher, cluster: RedisCluster
+    module_launch: ServiceLauncher, redis_cluster: RedisCluster
 ) -> None:
     """No CROSSSLOT or MOVED reaches a client: a session's keys share its slot, and the
     client follows the slot map; sessions spread over all three primaries."""
-    service = module_launch(config(cluster.url))
+    service = module_launch(config(redis_cluster.url))
     ready = service.expect(service.client().get("/ready"), 200)
     assert ready["store"].startswith("redis cluster via 127.0.0.1:")
     every_path(service, "cluster")
     with service.client() as client:
         for n in range(12):
             service.expect(client.post("/chat/", json=chat(f"spread-{n}", "hello")), 200)
-    holding = {node.port for node in cluster.primaries() if node.call("DBSIZE") > 0}
-    assert holding == {node.port for node in cluster.primaries()}
+    holding = {node.port for node in redis_cluster.primaries() if node.call("DBSIZE") > 0}
+    assert holding == {node.port for node in redis_cluster.primaries()}
     assert "CROSSSLOT" not in service.stderr()
     assert "MOVED" not in service.stderr()
 
@@ -319,11 +298,11 @@ def test_a_cluster_primary_killed_under_load_is_survived_without_a_restart(
 
 @pytest.mark.parametrize("topology", ["sentinel", "cluster"])
 def test_tls_in_every_mode(
-    launch: ServiceLauncher, tmp_path: Path, tls_server: RedisTLSServer, topology: str
+    launch: ServiceLauncher, tmp_path: Path, redis_tls: RedisTLSServer, topology: str
 ) -> None:
     """A Sentinel set and a Cluster that speak TLS only (clients, replication, sentinels, the
     cluster bus), with the same CA and client certificate settings as one server."""
-    files = tls_server.certificates
+    files = redis_tls.certificates
     harness = RedisSentinel if topology == "sentinel" else RedisCluster
     with harness(tmp_path / topology, certificates=files) as nodes:
         assert nodes.url.startswith("rediss+")
@@ -332,14 +311,14 @@ def test_tls_in_every_mode(
 
 
 def test_an_acl_user_on_a_cluster_serves_every_path(
-    module_launch: ServiceLauncher, cluster: RedisCluster
+    module_launch: ServiceLauncher, redis_cluster: RedisCluster
 ) -> None:
     """The same user on every node (ACLs are per server), with the service's commands and
     what a cluster client adds (the slot map, ASK)."""
     password = secrets.token_urlsafe(12)
     commands = (*SERVICE_COMMANDS, *CLUSTER_CLIENT_COMMANDS)
-    create_user(cluster.nodes, "chat-service", password, commands=commands)
-    seeds = cluster.url.removeprefix("redis+cluster://")
+    create_user(redis_cluster.nodes, "chat-service", password, commands=commands)
+    seeds = redis_cluster.url.removeprefix("redis+cluster://")
     service = module_launch(config(f"redis+cluster://chat-service:{password}@{seeds}"))
     every_path(service, "cluster-acl")
     assert "NOPERM" not in service.stderr()
@@ -374,13 +353,13 @@ def test_a_stream_is_re_attached_to_across_a_sentinel_failover(
 
 
 def test_an_acl_user_on_a_sentinel_set_serves_every_path(
-    module_launch: ServiceLauncher, sentinel_set: RedisSentinel
+    module_launch: ServiceLauncher, redis_sentinel: RedisSentinel
 ) -> None:
     """The user on the primary and the replica (ACLs are per server, and a failover must
     find it there); the sentinels are asked without credentials."""
     password = secrets.token_urlsafe(12)
-    create_user([sentinel_set.primary, sentinel_set.replica], "chat-service", password)
-    hosts = sentinel_set.url.removeprefix("redis+sentinel://")
+    create_user([redis_sentinel.primary, redis_sentinel.replica], "chat-service", password)
+    hosts = redis_sentinel.url.removeprefix("redis+sentinel://")
     service = module_launch(config(f"redis+sentinel://chat-service:{password}@{hosts}"))
     every_path(service, "sentinel-acl")
     assert "NOPERM" not in service.stderr()

@@ -2,7 +2,7 @@
 every primary, and what spans several keys (a batch of replies, the models' statuses) is
 answered across nodes. The service end to end on a Cluster: tests/e2e/test_redis_modes.py."""
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,32 +24,28 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    with RedisCluster(tmp_path_factory.mktemp("redis-cluster")) as nodes:
-        yield nodes
-
-
 @pytest.fixture
-async def client(cluster: RedisCluster) -> AsyncIterator[Redis]:
-    client = connect(cluster.url)
+async def client(redis_cluster: RedisCluster) -> AsyncIterator[Redis]:
+    client = connect(redis_cluster.url)
     yield client
     await client.aclose()
-    cluster.flushall()
+    redis_cluster.flushall()
 
 
 def exchange(at: datetime) -> tuple[Message, Message]:
     return Message("user", "question", at), Message("assistant", "answer", at)
 
 
-async def test_the_cleanup_reaches_every_primary(cluster: RedisCluster, client: Redis) -> None:
+async def test_the_cleanup_reaches_every_primary(
+    redis_cluster: RedisCluster, client: Redis
+) -> None:
     history = RedisHistory(client, key_prefix="purged", max_messages=10, ttl_seconds=0)
     idle = [SessionKey("public", f"idle-{n}") for n in range(12)]
     for key in idle:
         await history.append_exchange(key, *exchange(T0))
     recent = SessionKey("public", "recent")
     await history.append_exchange(recent, *exchange(T0 + timedelta(hours=2)))
-    assert all(node.call("DBSIZE") > 0 for node in cluster.primaries())
+    assert all(node.call("DBSIZE") > 0 for node in redis_cluster.primaries())
 
     assert await history.purge(written_before=T0 + timedelta(hours=1)) == len(idle)
 
@@ -80,7 +76,7 @@ async def test_batches_over_many_slots_are_answered_whole(client: Redis) -> None
 
 
 async def test_min_replicas_ack_waits_on_the_node_that_took_the_write(
-    cluster: RedisCluster, client: Redis
+    redis_cluster: RedisCluster, client: Redis
 ) -> None:
     """WAIT counts the replicas of the connection's own writes: it goes to the keys' primary
     on the connection of the append. With that primary's replica gone, no turn is acked."""
@@ -90,9 +86,9 @@ async def test_min_replicas_ack_waits_on_the_node_that_took_the_write(
     key = SessionKey("public", "acked")
     await history.append_exchange(key, *exchange(T0))
 
-    primary = cluster.node_for_key(f"acked:history:{key.namespace}:{key.session_id}")
-    [replica] = [n for n in cluster.replicas() if n.call("ROLE")[2] == primary.port]
-    cluster.kill(replica)
+    primary = redis_cluster.node_for_key(f"acked:history:{key.namespace}:{key.session_id}")
+    [replica] = [n for n in redis_cluster.replicas() if n.call("ROLE")[2] == primary.port]
+    redis_cluster.kill(replica)
     with pytest.raises(HistoryUnavailable, match="reached 0 of the 1 replicas"):
         await history.append_exchange(key, *exchange(T0 + timedelta(seconds=1)))
-    cluster.restart(replica)
+    redis_cluster.restart(replica)

@@ -13,25 +13,9 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, NoPermissionError, ResponseError
 
-from tests.support.redis_cluster import (
-    RedisCluster,
-    fresh_redis_cluster,
-    redis_cluster,
-    tls_redis_cluster,
-)
-from tests.support.redis_sentinel import RedisSentinel, fresh_redis_sentinel, tls_redis_sentinel
-from tests.support.redis_tls import RedisTLSServer, redis_tls, tls_certificates
-
-# The fixtures, until tests/conftest.py lists these modules in pytest_plugins.
-__all__ = [
-    "fresh_redis_cluster",
-    "fresh_redis_sentinel",
-    "redis_cluster",
-    "redis_tls",
-    "tls_certificates",
-    "tls_redis_cluster",
-    "tls_redis_sentinel",
-]
+from tests.support.redis_cluster import RedisCluster
+from tests.support.redis_sentinel import RedisSentinel
+from tests.support.redis_tls import RedisTLSServer
 
 pytestmark = pytest.mark.integration
 
