@@ -37,7 +37,10 @@ class UvicornService(Service):
         self.env["CHAT_CONFIG"] = str(self.config_path)
         command = [sys.executable, "-m", "uvicorn", "entrypoints.asgi:app"]
         command += ["--host", "127.0.0.1", "--port", str(self.port)]
-        command += ["--workers", str(self.workers)] if self.workers != 1 else []
+        if self.workers != 1:
+            # uvicorn aborts a restart (SIGHUP) whose new worker is not ready within this
+            # (5 s by default): beside a loaded suite, a worker's imports alone took longer.
+            command += ["--workers", str(self.workers), "--timeout-worker-healthcheck", "60"]
         with self.stdout_path.open("ab") as out, self.stderr_path.open("ab") as err:
             self.process = subprocess.Popen(
                 command,
@@ -159,7 +162,8 @@ def test_sighup_to_plain_uvicorn_workers_replaces_them_on_the_same_server(start:
 
     manager.send_signal(signal.SIGHUP)
 
-    # One after the other, each a graceful stop: seconds alone, tens beside a loaded suite.
+    # One after the other, each once its replacement is ready: seconds alone, tens beside a
+    # loaded suite.
     wait_until(lambda: not before & set(worker_pids(manager.pid)), 60, "workers replaced")
     ask(service, "hup", ["after"])
     assert asked(service, "hup") == ["before", "after"]
